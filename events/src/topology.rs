@@ -1,0 +1,205 @@
+//! Every name on the broker, and only here.
+//!
+//! All names are prefixed by a [`Namespace`] so that several systems (or several tests) can
+//! share one broker without seeing each other's messages.
+//!
+//! ```text
+//! client ──▶ {ns}.commands (direct) ──routing key = service──▶ {ns}.{service}.commands (quorum)
+//!                                                                 │ poison / delivery limit
+//!                                                                 ▼
+//!                            {ns}.dead-letter (direct) ──service──▶ {ns}.{service}.dead-letter
+//! worker ──transient failure──▶ {ns}.{service}.retry (TTL) ──expires──▶ {ns}.commands
+//! relay  ──▶ {ns}.events (topic, routing key = event type, e.g. catalog.stock_reserved)
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The services of the seed's system. Each owns one command queue and one stream category.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    /// Server A.
+    Auth,
+    /// Server B.
+    Catalog,
+    /// Server C.
+    Orders,
+    /// Server D.
+    Payments,
+}
+
+impl Service {
+    /// Every service, in the seed's order.
+    pub const ALL: [Service; 4] = [Self::Auth, Self::Catalog, Self::Orders, Self::Payments];
+
+    /// The service's name on the wire: routing key, queue and message-type prefix.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Catalog => "catalog",
+            Self::Orders => "orders",
+            Self::Payments => "payments",
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Service {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|service| service.name() == s)
+            .ok_or_else(|| {
+                format!("unknown service {s:?}; expected one of auth, catalog, orders, payments")
+            })
+    }
+}
+
+/// A prefix for every broker name: lowercase letters, digits, `-` and `_`, 1 to 40 characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// Parses a namespace, saying what is wrong with a bad one.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let ok_len = (1..=40).contains(&value.len());
+        let ok_chars = value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if ok_len && ok_chars {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(format!(
+                "namespace {value:?} is invalid: use 1 to 40 lowercase letters, digits, '-' or '_'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self("eventline".to_owned())
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The names of every exchange and queue of one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    namespace: Namespace,
+}
+
+impl Topology {
+    pub fn new(namespace: Namespace) -> Self {
+        Self { namespace }
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Direct exchange that clients publish commands to, with the service name as routing key.
+    pub fn commands_exchange(&self) -> String {
+        format!("{}.commands", self.namespace)
+    }
+
+    /// The routing key that sends a command to a service.
+    pub fn command_routing_key(&self, service: Service) -> &'static str {
+        service.name()
+    }
+
+    /// A service's command queue: its workers compete for its messages (the load balancer).
+    pub fn command_queue(&self, service: Service) -> String {
+        format!("{}.{}.commands", self.namespace, service)
+    }
+
+    /// Holds commands that failed transiently until their delay expires, then sends them back
+    /// to the commands exchange.
+    pub fn retry_queue(&self, service: Service) -> String {
+        format!("{}.{}.retry", self.namespace, service)
+    }
+
+    /// Direct exchange for messages that cannot be processed, routed by service name.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dead-letter", self.namespace)
+    }
+
+    /// A service's dead-letter queue: poison and given-up messages with their reason.
+    pub fn dead_letter_queue(&self, service: Service) -> String {
+        format!("{}.{}.dead-letter", self.namespace, service)
+    }
+
+    /// Topic exchange that the relay publishes committed events to, routed by event type.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    /// A binding pattern on the events exchange for every event of a service.
+    pub fn events_of(&self, service: Service) -> String {
+        format!("{service}.#")
+    }
+
+    /// Every queue this namespace may own, for clean-up tools and tests.
+    pub fn all_queues(&self) -> Vec<String> {
+        Service::ALL
+            .into_iter()
+            .flat_map(|s| {
+                [
+                    self.command_queue(s),
+                    self.retry_queue(s),
+                    self.dead_letter_queue(s),
+                ]
+            })
+            .collect()
+    }
+
+    /// Every exchange this namespace owns.
+    pub fn all_exchanges(&self) -> Vec<String> {
+        vec![
+            self.commands_exchange(),
+            self.dead_letter_exchange(),
+            self.events_exchange(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_rejects_names_that_would_break_broker_names() {
+        assert!(Namespace::parse("t-01_x").is_ok());
+        for bad in ["", "UPPER", "has.dot", "has space", &"x".repeat(41)] {
+            assert!(Namespace::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn every_name_carries_the_namespace() {
+        let topology = Topology::new(Namespace::parse("ns1").unwrap());
+        for name in topology
+            .all_queues()
+            .iter()
+            .chain(&topology.all_exchanges())
+        {
+            assert!(name.starts_with("ns1."), "{name} is not namespaced");
+        }
+    }
+}

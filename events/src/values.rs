@@ -1,0 +1,286 @@
+//! Domain value types, parsed once at the edge so that invalid values cannot exist inside.
+//!
+//! Each type deserializes through its `parse`, so a command with a negative quantity, an
+//! empty name or a 10 MB product id is rejected while decoding, with a reason naming the field.
+//! The JSON Schemas in `schema/json/` state the same limits for other languages.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize};
+use uuid::Uuid;
+
+/// Declares serde (through `parse`) and a JSON Schema for a validated newtype.
+macro_rules! validated {
+    ($name:ident, $raw:ty, $schema:tt) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let raw = <$raw>::deserialize(deserializer)?;
+                Self::parse(raw).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!($schema)
+            }
+        }
+    };
+}
+
+/// A product's id: 1 to 64 ASCII letters, digits, `-` or `_` (e.g. `tea-earl-grey`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ProductId(String);
+
+impl ProductId {
+    pub fn parse(value: String) -> Result<Self, String> {
+        let ok_chars = value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if (1..=64).contains(&value.len()) && ok_chars {
+            Ok(Self(value))
+        } else {
+            Err(format!(
+                "product id {:?} is invalid: use 1 to 64 ASCII letters, digits, '-' or '_'",
+                value.chars().take(70).collect::<String>()
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProductId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+validated!(ProductId, String, {
+    "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"
+});
+
+/// A product's display name: trimmed, 1 to 200 characters, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ProductName(String);
+
+impl ProductName {
+    pub fn parse(value: String) -> Result<Self, String> {
+        let trimmed = value.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 || chars > 200 {
+            return Err(format!(
+                "product name must be 1 to 200 characters after trimming, got {chars}"
+            ));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err("product name must not contain control characters".to_owned());
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+validated!(ProductName, String, {
+    "type": "string", "minLength": 1, "maxLength": 200
+});
+
+/// An amount of money in minor units (cents) of the system's single currency.
+///
+/// Integers only: no float ever touches money. The upper bound keeps every amount exact in
+/// JavaScript and far from i64 overflow when summed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Money(u64);
+
+impl Money {
+    /// 10 billion in major units.
+    pub const MAX_MINOR_UNITS: u64 = 1_000_000_000_000;
+
+    pub fn parse(minor_units: u64) -> Result<Self, String> {
+        if minor_units <= Self::MAX_MINOR_UNITS {
+            Ok(Self(minor_units))
+        } else {
+            Err(format!(
+                "amount {minor_units} is over the maximum of {} minor units",
+                Self::MAX_MINOR_UNITS
+            ))
+        }
+    }
+
+    pub const fn minor_units(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:02}", self.0 / 100, self.0 % 100)
+    }
+}
+
+validated!(Money, u64, {
+    "type": "integer", "minimum": 0, "maximum": 1_000_000_000_000u64,
+    "description": "minor units (cents)"
+});
+
+/// A quantity of items in one request: 1 to 1,000,000.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Quantity(u32);
+
+impl Quantity {
+    pub const MAX: u32 = 1_000_000;
+
+    pub fn parse(value: u32) -> Result<Self, String> {
+        if (1..=Self::MAX).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(format!(
+                "quantity {value} is out of range: use 1 to {}",
+                Self::MAX
+            ))
+        }
+    }
+
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+validated!(Quantity, u32, { "type": "integer", "minimum": 1, "maximum": 1_000_000 });
+
+/// A stock level: how many items are on hand, 0 to 1,000,000,000.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct StockLevel(u32);
+
+impl StockLevel {
+    pub const MAX: u32 = 1_000_000_000;
+
+    pub fn parse(value: u32) -> Result<Self, String> {
+        if value <= Self::MAX {
+            Ok(Self(value))
+        } else {
+            Err(format!(
+                "stock level {value} is over the maximum of {}",
+                Self::MAX
+            ))
+        }
+    }
+
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+validated!(StockLevel, u32, { "type": "integer", "minimum": 0, "maximum": 1_000_000_000 });
+
+/// An order's id, chosen by whoever places the order (a UUID, v7 recommended).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct OrderId(Uuid);
+
+impl OrderId {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The id of an event stream in the log, e.g. `catalog.product-tea`. Built only by the
+/// constructors next to each aggregate's id, so the format lives in one place.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct StreamId(String);
+
+impl StreamId {
+    /// `{category}-{id}`, where the category names the service and aggregate.
+    pub fn new(category: &str, id: impl fmt::Display) -> Self {
+        Self(format!("{category}-{id}"))
+    }
+
+    /// Wraps a stream id read back from the log.
+    pub fn from_log(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn bad_values_are_rejected_while_decoding_with_the_field_named() {
+        let err = serde_json::from_str::<Quantity>("0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("quantity 0 is out of range"), "{err}");
+        assert!(serde_json::from_str::<Quantity>("-1").is_err());
+        assert!(serde_json::from_str::<Money>("-5").is_err());
+        assert!(serde_json::from_str::<Money>("1000000000001").is_err());
+        assert!(serde_json::from_str::<ProductId>("\"a b\"").is_err());
+        assert!(serde_json::from_str::<ProductId>("\"'; DROP TABLE x;--\"").is_err());
+        assert!(serde_json::from_str::<ProductName>("\"  \"").is_err());
+        assert!(serde_json::from_str::<ProductName>("\"a\\u0000b\"").is_err());
+    }
+
+    #[test]
+    fn names_are_trimmed_and_unicode_is_counted_in_characters() {
+        let name: ProductName = serde_json::from_str("\"  Thé vert 🍵 \"").unwrap();
+        assert_eq!(name.as_str(), "Thé vert 🍵");
+        let long = "é".repeat(200);
+        assert!(ProductName::parse(long).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn product_ids_round_trip_or_fail_with_a_reason(s in ".{0,80}") {
+            match ProductId::parse(s.clone()) {
+                Ok(id) => prop_assert_eq!(id.as_str(), s.as_str()),
+                Err(reason) => prop_assert!(reason.contains("product id")),
+            }
+        }
+    }
+}

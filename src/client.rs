@@ -1,0 +1,370 @@
+//! The client library: publish commands, await replies, tail events, read dead letters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventline_events::envelope::{HeaderValue, headers};
+use eventline_events::{
+    Contract, IncomingMessage, MessageId, Metadata, Namespace, OutgoingMessage, Reply, Service,
+    Topology,
+};
+use eventline_workers::runtime::SecretUrl;
+use eventline_workers::runtime::broker::{self, BrokerError};
+use futures_util::{Stream, StreamExt};
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::oneshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(
+        "no reply to {message_id} within {timeout:?}; the command may still be processed — \
+             send it again with the same message id to get its outcome (it will not be applied twice)"
+    )]
+    Timeout {
+        message_id: MessageId,
+        timeout: Duration,
+    },
+    #[error(
+        "message type {0:?} does not start with a service name (auth., catalog., orders., payments.)"
+    )]
+    UnknownService(String),
+    #[error("the reply could not be read: {0}")]
+    BadReply(String),
+    #[error("the client's connection closed before the reply arrived")]
+    Closed,
+}
+
+impl From<lapin::Error> for ClientError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(error.into())
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<MessageId, oneshot::Sender<Reply>>>>;
+
+/// A connection to the system. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Client {
+    connection: Connection,
+    publisher: Channel,
+    topology: Topology,
+    reply_queue: String,
+    pending: Pending,
+}
+
+impl Client {
+    /// Connects, declares the exchanges, and opens a private reply queue.
+    pub async fn connect(url: &SecretUrl, namespace: Namespace) -> Result<Self, ClientError> {
+        let topology = Topology::new(namespace);
+        let connection = broker::connect(url, "client").await?;
+        let publisher = broker::confirm_channel(&connection).await?;
+        broker::declare_exchanges(&publisher, &topology).await?;
+
+        // A server-named, exclusive queue: it vanishes with the connection, so abandoned
+        // replies never pile up on the broker.
+        let replies = connection.create_channel().await?;
+        let queue = replies
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let reply_queue = queue.name().as_str().to_owned();
+        let mut consumer = replies
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "replies".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let pending: Pending = Arc::default();
+        let router = pending.clone();
+        tokio::spawn(async move {
+            // Lives as long as the connection: the consumer stream ends when it closes.
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let message = broker::incoming(&delivery.properties, delivery.data);
+                let Ok(metadata) = message.metadata() else {
+                    continue;
+                };
+                let Ok(reply) = serde_json::from_slice::<Reply>(&message.body) else {
+                    continue;
+                };
+                let cause = MessageId::from_uuid(metadata.causation_id.as_uuid());
+                let waiter = router.lock().ok().and_then(|mut p| p.remove(&cause));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(reply);
+                }
+            }
+        });
+        Ok(Self {
+            connection,
+            publisher,
+            topology,
+            reply_queue,
+            pending,
+        })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Publishes a typed command that starts a new conversation; returns once the broker has it.
+    pub async fn send<C: Contract>(&self, command: &C) -> Result<MessageId, ClientError> {
+        let message = OutgoingMessage::new(Metadata::origin(command.message_type()), command);
+        self.publish(&message).await?;
+        Ok(message.metadata.message_id)
+    }
+
+    /// Publishes a typed command and waits for its reply.
+    pub async fn request<C: Contract>(
+        &self,
+        command: &C,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        let message = OutgoingMessage::new(Metadata::origin(command.message_type()), command);
+        self.request_message(message, timeout).await
+    }
+
+    /// Publishes a prepared message (any type, any body, e.g. from the CLI) and waits for its
+    /// reply. Sending the same message again (same message id) is safe: the worker answers a
+    /// duplicate with the reply it stored the first time.
+    pub async fn request_message(
+        &self,
+        mut message: OutgoingMessage,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        message.metadata.reply_to = Some(self.reply_queue.clone());
+        let message_id = message.metadata.message_id;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(message_id, tx);
+        }
+        if let Err(error) = self.publish(&message).await {
+            self.forget(message_id);
+            return Err(error);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => {
+                self.forget(message_id);
+                Err(ClientError::Timeout {
+                    message_id,
+                    timeout,
+                })
+            }
+        }
+    }
+
+    fn forget(&self, message_id: MessageId) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&message_id);
+        }
+    }
+
+    /// Publishes a prepared message to the service its type names, with a confirm.
+    pub async fn publish(&self, message: &OutgoingMessage) -> Result<(), ClientError> {
+        let service = service_of(&message.metadata.message_type)?;
+        broker::publish_message(
+            &self.publisher,
+            &self.topology.commands_exchange(),
+            self.topology.command_routing_key(service),
+            message,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Publishes raw bytes with raw properties to a service's commands: for tests and tools
+    /// that need to send what a well-behaved client never would.
+    pub async fn publish_raw(
+        &self,
+        service: Service,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> Result<(), ClientError> {
+        broker::publish_confirmed(
+            &self.publisher,
+            &self.topology.commands_exchange(),
+            self.topology.command_routing_key(service),
+            body,
+            properties,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Events published by the relay whose type matches `pattern` (AMQP topic syntax:
+    /// `catalog.#`, `#.stock_reserved`, `#` for all), from now on.
+    pub async fn subscribe(
+        &self,
+        pattern: &str,
+    ) -> Result<impl Stream<Item = EventMessage> + use<>, ClientError> {
+        let channel = self.connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.topology.events_exchange().into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "tail".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(consumer.filter_map(|delivery| async move {
+            let delivery = delivery.ok()?;
+            let message = broker::incoming(&delivery.properties, delivery.data);
+            EventMessage::from_incoming(message)
+        }))
+    }
+
+    /// Reads up to `limit` dead letters of a service without removing them: they are fetched
+    /// unacknowledged on a private channel, which is then closed so the broker puts them back.
+    pub async fn dead_letters(
+        &self,
+        service: Service,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, ClientError> {
+        let channel = self.connection.create_channel().await?;
+        let queue = self.topology.dead_letter_queue(service);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let got = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?;
+            let Some(message) = got else { break };
+            let delivery = message.delivery;
+            out.push(DeadLetter::from_incoming(broker::incoming(
+                &delivery.properties,
+                delivery.data,
+            )));
+        }
+        let _ = channel.close(200, "peeked".into()).await;
+        Ok(out)
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "client done".into()).await;
+    }
+}
+
+/// The service a message type belongs to: the part before the first dot.
+pub fn service_of(message_type: &str) -> Result<Service, ClientError> {
+    message_type
+        .split('.')
+        .next()
+        .and_then(|prefix| prefix.parse().ok())
+        .ok_or_else(|| ClientError::UnknownService(message_type.to_owned()))
+}
+
+/// An event as received from the events exchange.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EventMessage {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub position: i64,
+    pub correlation_id: String,
+    pub causation_id: String,
+    pub data: serde_json::Value,
+}
+
+impl EventMessage {
+    fn from_incoming(message: IncomingMessage) -> Option<Self> {
+        let metadata = message.metadata().ok()?;
+        let int = |name: &str| match message.headers.get(name) {
+            Some(HeaderValue::Int(n)) => *n,
+            _ => 0,
+        };
+        let text = |name: &str| match message.headers.get(name) {
+            Some(HeaderValue::Text(s)) => s.clone(),
+            _ => String::new(),
+        };
+        Some(Self {
+            event_id: metadata.message_id.to_string(),
+            event_type: metadata.message_type,
+            stream_id: text(headers::STREAM_ID),
+            stream_version: int(headers::STREAM_VERSION),
+            position: int(headers::LOG_POSITION),
+            correlation_id: metadata.correlation_id.to_string(),
+            causation_id: metadata.causation_id.to_string(),
+            data: serde_json::from_slice(&message.body).unwrap_or(serde_json::Value::Null),
+        })
+    }
+}
+
+/// A dead-lettered message with the reason it was set aside.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeadLetter {
+    pub message_id: Option<String>,
+    pub message_type: Option<String>,
+    /// Stable code (`invalid_body`, `unknown_message_type`, `retries_exhausted`, …), or
+    /// `delivery_limit` when the broker gave up redelivering it.
+    pub code: String,
+    pub reason: String,
+    pub handled_by: Option<String>,
+    /// The body as text (lossy for non-UTF-8), at most 2,000 characters.
+    pub body: String,
+}
+
+impl DeadLetter {
+    fn from_incoming(message: IncomingMessage) -> Self {
+        let text = |name: &str| match message.headers.get(name) {
+            Some(HeaderValue::Text(s)) => Some(s.clone()),
+            _ => None,
+        };
+        // The broker dead-letters on its own (delivery limit) without our headers; say so.
+        let code = text(headers::DEAD_LETTER_CODE).unwrap_or_else(|| "delivery_limit".into());
+        let reason = text(headers::DEAD_LETTER_REASON).unwrap_or_else(|| {
+            "the broker dead-lettered it after too many deliveries without an ack (a worker crashed on it each time?)".into()
+        });
+        Self {
+            message_id: message.message_id.clone(),
+            message_type: message.message_type.clone(),
+            code,
+            reason,
+            handled_by: text(headers::HANDLED_BY),
+            body: String::from_utf8_lossy(&message.body)
+                .chars()
+                .take(2000)
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The relay: publishes committed events from the log to the events exchange, in log order,
+//! with publisher confirms and a durable checkpoint.
+//!
+//! This is the outbox pattern without an outbox table: the log *is* the outbox, so there is
+//! no dual write — a command's events are committed once, and the relay delivers them at least
+//! once (a crash between publish and checkpoint re-publishes; consumers dedupe by event id,
+//! which is the AMQP `message_id`). Order and completeness come from [`LogReader`].
+//!
+//! Several relays may run; a PostgreSQL advisory lock makes one the leader and the others
+//! wait, so order holds across the fleet and a dead leader's lock is freed with its session.
+
+use std::time::Duration;
+
+use eventline_events::envelope::{HeaderValue, headers};
+use eventline_events::{MessageId, Metadata, OutgoingMessage, SCHEMA_VERSION, Topology};
+use lapin::Confirmation;
+use lapin::options::BasicPublishOptions;
+use sqlx::Connection;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::backoff::Backoff;
+use super::broker::{self, BrokerError};
+use super::config::Config;
+use super::log_reader::LogReader;
+use super::shutdown::Shutdown;
+use super::store::{EventStore, RecordedEvent, StoreError, save_checkpoint};
+
+/// The relay's checkpoint name in the `checkpoints` table.
+pub const CHECKPOINT: &str = "relay";
+/// How long an idle relay waits before polling the log again.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
+const BATCH_SIZE: i64 = 512;
+/// Advisory lock key: `hashtext('eventline.relay')` keeps it readable in `pg_locks`.
+const LEADER_LOCK: &str = "SELECT pg_try_advisory_lock(hashtext('eventline.relay'))";
+
+/// What the relay has done so far, for tests and health checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayProgress {
+    /// Every event up to this position has been published and confirmed.
+    pub published_through: i64,
+    /// How many times the relay has read the log (grows even when nothing is new).
+    pub polls: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl From<sqlx::Error> for RelayError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+impl From<lapin::Error> for RelayError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(error.into())
+    }
+}
+
+pub struct Relay {
+    config: Config,
+    store: EventStore,
+    topology: Topology,
+    progress: watch::Sender<RelayProgress>,
+}
+
+impl Relay {
+    pub fn new(config: Config, store: EventStore) -> Self {
+        Self {
+            topology: Topology::new(config.namespace.clone()),
+            config,
+            store,
+            progress: watch::Sender::new(RelayProgress::default()),
+        }
+    }
+
+    pub fn progress(&self) -> watch::Receiver<RelayProgress> {
+        self.progress.subscribe()
+    }
+
+    /// Runs until shutdown, reconnecting to either service with backoff.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        while !shutdown.is_triggered() {
+            match self.session(&shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    warn!(%error, "relay session ended; reconnecting");
+                    if !backoff.wait(shutdown.token()).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &Shutdown) -> Result<(), RelayError> {
+        // A dedicated connection: the advisory lock lives and dies with it.
+        let mut conn = sqlx::PgConnection::connect(self.config.database_url.expose())
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: self.config.database_url.to_string(),
+                source,
+            })?;
+        let mut waiting_logged = false;
+        loop {
+            let leader: bool = sqlx::query_scalar(LEADER_LOCK).fetch_one(&mut conn).await?;
+            if leader {
+                break;
+            }
+            if !waiting_logged {
+                info!("another relay is the leader; standing by");
+                waiting_logged = true;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = shutdown.triggered() => return Ok(()),
+            }
+        }
+        let connection = broker::connect(
+            &self.config.amqp_url,
+            &format!("relay {}", self.config.replica),
+        )
+        .await?;
+        let channel = broker::confirm_channel(&connection).await?;
+        broker::declare_exchanges(&channel, &self.topology).await?;
+        let exchange = self.topology.events_exchange();
+
+        let mut reader = LogReader::after(self.store.checkpoint(CHECKPOINT).await?, BATCH_SIZE);
+        info!(from = reader.position(), "relay is the leader; publishing");
+        loop {
+            let batch = reader.next_batch(&mut conn).await?;
+            self.progress.send_modify(|p| p.polls += 1);
+            if batch.is_empty() {
+                tokio::select! {
+                    () = tokio::time::sleep(POLL_INTERVAL) => continue,
+                    () = shutdown.triggered() => break,
+                }
+            }
+            // Pipelined: publish the whole batch, then wait for every confirm, in order.
+            let mut confirms = Vec::with_capacity(batch.len());
+            for event in &batch {
+                let message = outgoing(event);
+                let confirm = channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        event.event_type.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &message.body,
+                        broker::properties(&message),
+                    )
+                    .await?;
+                confirms.push(confirm);
+            }
+            for confirm in confirms {
+                if let Confirmation::Nack(_) = confirm.await? {
+                    return Err(BrokerError::Nacked {
+                        exchange: exchange.clone(),
+                        routing_key: "(event batch)".into(),
+                    }
+                    .into());
+                }
+            }
+            save_checkpoint(&mut conn, CHECKPOINT, reader.position()).await?;
+            debug!(
+                count = batch.len(),
+                through = reader.position(),
+                "published"
+            );
+            self.progress
+                .send_modify(|p| p.published_through = reader.position());
+        }
+        let _ = connection.close(200, "relay shutting down".into()).await;
+        Ok(())
+    }
+}
+
+/// An event as a message on the events exchange. Its message id is its event id, so consumers
+/// deduplicate re-published events with the same inbox that dedupes commands.
+pub fn outgoing(event: &RecordedEvent) -> OutgoingMessage {
+    let metadata = Metadata {
+        message_id: MessageId::from_uuid(event.event_id.as_uuid()),
+        correlation_id: event.metadata.correlation_id,
+        causation_id: event.metadata.causation_id,
+        message_type: event.event_type.clone(),
+        schema_version: u16::try_from(event.schema_version).unwrap_or(SCHEMA_VERSION),
+        occurred_at: time::OffsetDateTime::now_utc(),
+        reply_to: None,
+    };
+    OutgoingMessage {
+        metadata,
+        body: event.data.to_string().into_bytes(),
+        extra_headers: vec![
+            (
+                headers::STREAM_ID,
+                HeaderValue::Text(event.stream_id.to_string()),
+            ),
+            (
+                headers::STREAM_VERSION,
+                HeaderValue::Int(event.stream_version),
+            ),
+            (headers::LOG_POSITION, HeaderValue::Int(event.position)),
+        ],
+    }
+}

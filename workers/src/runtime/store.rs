@@ -1,0 +1,389 @@
+//! The event store: the append-only log, the inbox, and checkpoints, in PostgreSQL.
+//!
+//! Writes happen only inside a [`CommandTx`], which exists only after the command's message
+//! id has been claimed in the inbox. That ordering is load-bearing twice over: the claim makes
+//! redeliveries idempotent, and — being the transaction's first write — it assigns the
+//! transaction id *before* any log position is drawn, which the gap-safe reader relies on
+//! (see [`super::log_reader`]).
+
+use std::time::Duration;
+
+use eventline_events::values::StreamId;
+use eventline_events::{CausationId, CorrelationId, EventId, MessageId};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::config::SecretUrl;
+
+/// The migrations in `schema/migrations`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../schema/migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended to the stream first. Reload and decide again.
+    #[error("stream {stream_id} moved past version {expected} while this command was decided")]
+    Conflict { stream_id: String, expected: i64 },
+    #[error(
+        "could not reach PostgreSQL at {url}: {source}. Is it running \
+         (`pg_ctlcluster --skip-systemctl-redirect 15 main start`)? Set DATABASE_URL to point elsewhere."
+    )]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A stored event no longer decodes: the log and the code disagree. Not retryable.
+    #[error("the log holds an event this version of the code cannot read: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    fn from_append(error: sqlx::Error, stream_id: &StreamId, expected: i64) -> Self {
+        let conflict = error.as_database_error().is_some_and(|db| {
+            db.is_unique_violation()
+                && db.constraint() == Some("event_log_stream_id_stream_version_key")
+        });
+        if conflict {
+            Self::Conflict {
+                stream_id: stream_id.to_string(),
+                expected,
+            }
+        } else {
+            Self::Database(error)
+        }
+    }
+}
+
+/// The ids an event carries in the log's `metadata` column, so its origin can be traced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    pub correlation_id: CorrelationId,
+    /// The message id of the command that recorded this event.
+    pub causation_id: CausationId,
+    /// The worker replica that recorded it.
+    pub recorded_by: String,
+}
+
+/// An event about to be appended.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub event_id: EventId,
+    pub event_type: &'static str,
+    pub data: serde_json::Value,
+}
+
+/// An event read back from the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub stream_id: StreamId,
+    pub stream_version: i64,
+    pub event_id: EventId,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub data: serde_json::Value,
+    pub metadata: EventMetadata,
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+impl EventStore {
+    /// A pool that connects lazily: a worker started before its database keeps retrying
+    /// instead of crashing (independent failures). Use [`EventStore::check`] to fail fast.
+    pub fn connect_lazy(url: &SecretUrl, max_connections: u32) -> Result<Self, StoreError> {
+        let options: PgConnectOptions =
+            url.expose().parse().map_err(|source| StoreError::Connect {
+                url: url.to_string(),
+                source,
+            })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    /// Connects now, with an error that names the URL if the database cannot be reached.
+    pub async fn connect(url: &SecretUrl, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::connect_lazy(url, max_connections)?;
+        store.check(url).await?;
+        Ok(store)
+    }
+
+    /// Fails with a [`StoreError::Connect`] naming `url` if no connection can be made.
+    pub async fn check(&self, url: &SecretUrl) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|source| StoreError::Connect {
+                url: url.to_string(),
+                source,
+            })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Starts a command's transaction by claiming its message id for `consumer`.
+    ///
+    /// Returns [`Claim::Duplicate`] with the stored reply when the message was handled before.
+    /// A concurrent duplicate blocks on the inbox row until the first commits, then sees it.
+    pub async fn begin_command(
+        &self,
+        consumer: &str,
+        message_id: MessageId,
+        handled_by: &str,
+    ) -> Result<Claim, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO processed_messages (consumer, message_id, handled_by) \
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(message_id.as_uuid())
+        .bind(handled_by)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if claimed {
+            return Ok(Claim::New(CommandTx {
+                tx,
+                consumer: consumer.to_owned(),
+                message_id,
+            }));
+        }
+        let reply: Option<serde_json::Value> = sqlx::query_scalar(
+            "SELECT reply FROM processed_messages WHERE consumer = $1 AND message_id = $2",
+        )
+        .bind(consumer)
+        .bind(message_id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        Ok(Claim::Duplicate(reply))
+    }
+
+    /// The log from `after` on, in position order, at most `limit` rows.
+    pub async fn read_log(
+        conn: &mut sqlx::PgConnection,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
+                    data, metadata \
+             FROM event_log WHERE position > $1 ORDER BY position LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+        rows.into_iter().map(recorded_event).collect()
+    }
+
+    pub async fn checkpoint(&self, name: &str) -> Result<i64, StoreError> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(position.unwrap_or(0))
+    }
+}
+
+/// Creates the database `url` names if it does not exist, connecting to the server's
+/// `postgres` database to do it. Lets `eventline migrate` work on a fresh server.
+pub async fn create_database_if_missing(url: &SecretUrl) -> Result<(), StoreError> {
+    let name = url.database_name().unwrap_or("eventline").to_owned();
+    let mut admin = admin_connection(url).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        // Identifiers cannot be bound as parameters; quote it the way PostgreSQL does.
+        let quoted = name.replace('"', "\"\"");
+        match sqlx::query(&format!("CREATE DATABASE \"{quoted}\""))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => {}
+            // Another process created it between our check and our CREATE.
+            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Drops the database `url` names, disconnecting its sessions. For tests and the demo.
+pub async fn drop_database(url: &SecretUrl) -> Result<(), StoreError> {
+    let Some(name) = url.database_name() else {
+        return Ok(());
+    };
+    let quoted = name.replace('"', "\"\"");
+    let mut admin = admin_connection(url).await?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)"
+    ))
+    .execute(&mut admin)
+    .await?;
+    Ok(())
+}
+
+async fn admin_connection(url: &SecretUrl) -> Result<sqlx::PgConnection, StoreError> {
+    use sqlx::Connection;
+    let admin_url = url.with_path("postgres");
+    sqlx::PgConnection::connect(admin_url.expose())
+        .await
+        .map_err(|source| StoreError::Connect {
+            url: admin_url.to_string(),
+            source,
+        })
+}
+
+/// Saves a reader's checkpoint. Positions only move forward, even if an old leader writes late.
+pub async fn save_checkpoint(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    position: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position), \
+                                          updated_at = now()",
+    )
+    .bind(name)
+    .bind(position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn recorded_event(row: sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get("position")?;
+    let metadata: serde_json::Value = row.try_get("metadata")?;
+    let metadata = serde_json::from_value(metadata)
+        .map_err(|e| StoreError::Corrupt(format!("metadata of position {position}: {e}")))?;
+    Ok(RecordedEvent {
+        position,
+        stream_id: StreamId::from_log(row.try_get("stream_id")?),
+        stream_version: row.try_get("stream_version")?,
+        event_id: EventId::from_uuid(row.try_get("event_id")?),
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        data: row.try_get("data")?,
+        metadata,
+    })
+}
+
+/// The result of claiming a message id.
+pub enum Claim {
+    New(CommandTx),
+    /// Handled before; the reply it got then (none if it was handled without one).
+    Duplicate(Option<serde_json::Value>),
+}
+
+/// A command's open transaction, after its inbox claim.
+pub struct CommandTx {
+    tx: Transaction<'static, Postgres>,
+    consumer: String,
+    message_id: MessageId,
+}
+
+impl CommandTx {
+    /// Every event of a stream, in version order.
+    pub async fn load_stream(
+        &mut self,
+        stream_id: &StreamId,
+    ) -> Result<Vec<(i64, String, serde_json::Value)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT stream_version, event_type, data FROM event_log \
+             WHERE stream_id = $1 ORDER BY stream_version",
+        )
+        .bind(stream_id.as_str())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("stream_version")?,
+                    row.try_get("event_type")?,
+                    row.try_get("data")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Appends events after `expected_version` (0 for a new stream), or fails with
+    /// [`StoreError::Conflict`] if someone else appended first.
+    ///
+    /// Optimistic concurrency: no lock is taken; the unique (stream_id, stream_version) index
+    /// rejects the second of two racing writers, which then reloads and decides again. Conflicts
+    /// are rare (one stream per product), so this beats locking the stream on every command.
+    pub async fn append(
+        &mut self,
+        stream_id: &StreamId,
+        expected_version: i64,
+        events: &[NewEvent],
+        metadata: &EventMetadata,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let versions: Vec<i64> = (1..=events.len() as i64)
+            .map(|i| expected_version + i)
+            .collect();
+        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
+        let data: Vec<serde_json::Value> = events.iter().map(|e| e.data.clone()).collect();
+        let metadata = serde_json::to_value(metadata).unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO event_log (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
+             SELECT $1, v, id, t, $5, d, $7 FROM unnest($2::bigint[], $3::uuid[], $4::text[], $6::jsonb[]) AS e(v, id, t, d)",
+        )
+        .bind(stream_id.as_str())
+        .bind(&versions)
+        .bind(&ids)
+        .bind(&types)
+        .bind(i32::from(eventline_events::SCHEMA_VERSION))
+        .bind(&data)
+        .bind(&metadata)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::from_append(e, stream_id, expected_version))?;
+        Ok(())
+    }
+
+    /// Stores the reply with the inbox row and commits everything at once.
+    pub async fn commit(mut self, reply: &serde_json::Value) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE processed_messages SET reply = $3 WHERE consumer = $1 AND message_id = $2",
+        )
+        .bind(&self.consumer)
+        .bind(self.message_id.as_uuid())
+        .bind(reply)
+        .execute(&mut *self.tx)
+        .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

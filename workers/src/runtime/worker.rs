@@ -1,0 +1,463 @@
+//! The command worker: consumes a service's queue, runs each command in one transaction, and
+//! decides — in one `match`, in [`CommandWorker::settle`] — whether a delivery is acked,
+//! retried later or dead-lettered.
+//!
+//! Per delivery, in order:
+//! 1. decode (poison → dead-letter queue with the reason, reply "rejected", ack);
+//! 2. one PostgreSQL transaction: claim the message id in the inbox (a duplicate gets its
+//!    stored reply again), load the stream, `decide`, append with the expected version,
+//!    store the reply, commit. A version conflict reloads and decides again at once;
+//! 3. reply on `reply_to` (after the commit: a reply never announces something uncommitted);
+//! 4. ack. A crash anywhere before the ack means redelivery, which step 2 makes harmless.
+//!
+//! Transient failures (database unreachable, serialization failure) are retried in-process
+//! with backoff a few times, then the command is parked in the retry queue, a bounded number
+//! of rounds, and finally dead-lettered with the last error as reason — never requeued forever.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventline_events::envelope::{HeaderValue, headers};
+use eventline_events::reply::{REPLY_TYPE, ReplyEvent};
+use eventline_events::{
+    Contract, DecodeError, EventId, IncomingMessage, Metadata, OutgoingMessage, Rejection, Reply,
+    Topology,
+};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::aggregate::{Aggregate, RejectionReason};
+use super::backoff::Backoff;
+use super::broker::{self, BrokerError};
+use super::config::Config;
+use super::shutdown::Shutdown;
+use super::store::{Claim, EventMetadata, EventStore, NewEvent, StoreError};
+
+/// Immediate re-decides after a version conflict before the command counts as a transient failure.
+const MAX_CONFLICT_RETRIES: u32 = 20;
+/// In-process attempts for a transient failure before the command goes to the retry queue.
+const IN_PROCESS_ATTEMPTS: u32 = 3;
+/// Rounds through the retry queue before the command is dead-lettered.
+pub const MAX_RETRY_ROUNDS: i64 = 10;
+
+/// How handling a command ended, before the ack decision.
+#[derive(Debug)]
+enum Outcome {
+    /// Committed (or found already committed); reply and ack.
+    Handled(Reply),
+    /// Cannot ever succeed: dead-letter with this reason.
+    Poison { code: &'static str, reason: String },
+    /// May succeed later.
+    Transient(StoreError),
+}
+
+/// A replica of one service's command consumer.
+pub struct CommandWorker<A: Aggregate> {
+    config: Config,
+    topology: Topology,
+    store: EventStore,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+struct Session {
+    publisher: Channel,
+}
+
+impl<A: Aggregate> CommandWorker<A> {
+    pub fn new(config: Config, store: EventStore) -> Self {
+        Self {
+            topology: Topology::new(config.namespace.clone()),
+            config,
+            store,
+            _aggregate: PhantomData,
+        }
+    }
+
+    fn inbox_name() -> String {
+        format!("{}.commands", A::SERVICE)
+    }
+
+    /// Runs until `shutdown` fires, reconnecting to the broker with backoff whenever the
+    /// connection drops. Returns only on shutdown.
+    pub async fn run(self, shutdown: Shutdown) {
+        let this = Arc::new(self);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match this.clone().session(&shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    warn!(%error, service = %A::SERVICE, "broker session ended; reconnecting");
+                    if !backoff.wait(shutdown.token()).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection's lifetime: declare, consume, and on shutdown drain in-flight work.
+    async fn session(self: Arc<Self>, shutdown: &Shutdown) -> Result<(), BrokerError> {
+        let role = format!("{} worker {}", A::SERVICE, self.config.replica);
+        let connection = broker::connect(&self.config.amqp_url, &role).await?;
+        let consume = connection.create_channel().await?;
+        broker::declare_service_queues(&consume, &self.topology, A::SERVICE).await?;
+        consume
+            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .await?;
+        let session = Arc::new(Session {
+            publisher: broker::confirm_channel(&connection).await?,
+        });
+        let queue = self.topology.command_queue(A::SERVICE);
+        let tag = format!("{}-{}", self.config.replica, uuid::Uuid::now_v7().simple());
+        let mut consumer = consume
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        info!(%queue, replica = %self.config.replica, prefetch = self.config.prefetch, "consuming");
+
+        // Deliveries are handled concurrently; the broker's prefetch bounds how many.
+        let mut in_flight = JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                () = shutdown.triggered() => break Ok(()),
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let this = self.clone();
+                        let session = session.clone();
+                        in_flight.spawn(async move { this.process(&session, delivery).await });
+                    }
+                    Some(Err(error)) => break Err(BrokerError::Amqp(error)),
+                    None => break Err(BrokerError::ConsumerCancelled(queue.clone())),
+                },
+            }
+        };
+        // Stop new deliveries, finish the ones we hold (each commits, replies and acks), then
+        // close: whatever the broker still had in flight for us goes back to the queue.
+        if result.is_ok() {
+            let _ = consume
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+        while in_flight.join_next().await.is_some() {}
+        if result.is_ok() {
+            let _ = connection.close(200, "worker shutting down".into()).await;
+            info!(replica = %self.config.replica, "stopped cleanly");
+        }
+        result
+    }
+
+    async fn process(&self, session: &Session, delivery: Delivery) {
+        let message = broker::incoming(&delivery.properties, delivery.data.clone());
+        let metadata = message.metadata().ok();
+        let span = info_span!(
+            "message",
+            service = %A::SERVICE,
+            replica = %self.config.replica,
+            message_id = metadata.as_ref().map(|m| m.message_id.to_string()).unwrap_or_default(),
+            correlation_id = metadata.as_ref().map(|m| m.correlation_id.to_string()).unwrap_or_default(),
+            causation_id = metadata.as_ref().map(|m| m.causation_id.to_string()).unwrap_or_default(),
+            message_type = message.message_type.as_deref().unwrap_or("?"),
+            redelivered = delivery.redelivered,
+        );
+        async {
+            let outcome = self.handle(&message).await;
+            self.settle(session, &delivery, &message, metadata.as_ref(), outcome)
+                .await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Decodes and handles a message, retrying conflicts at once and transient failures
+    /// with a short backoff.
+    async fn handle(&self, message: &IncomingMessage) -> Outcome {
+        let (metadata, command) = match message.decode::<A::Command>() {
+            Ok(decoded) => decoded,
+            Err(error) => return poison(&error),
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.handle_once(&metadata, &command).await {
+                Ok(reply) => return Outcome::Handled(reply),
+                Err(StoreError::Corrupt(reason)) => {
+                    return Outcome::Poison {
+                        code: "unreadable_stream",
+                        reason,
+                    };
+                }
+                Err(error) if attempt < IN_PROCESS_ATTEMPTS => {
+                    warn!(%error, attempt, "transient failure; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => return Outcome::Transient(error),
+            }
+        }
+    }
+
+    /// One transaction; version conflicts loop here without backoff (another writer won,
+    /// so the next attempt sees its events and decides on fresh state).
+    async fn handle_once(
+        &self,
+        metadata: &Metadata,
+        command: &A::Command,
+    ) -> Result<Reply, StoreError> {
+        let stream_id = A::stream_id(command);
+        let mut conflicts = 0;
+        loop {
+            let mut tx = match self
+                .store
+                .begin_command(
+                    &Self::inbox_name(),
+                    metadata.message_id,
+                    &self.config.replica,
+                )
+                .await?
+            {
+                Claim::New(tx) => tx,
+                Claim::Duplicate(reply) => {
+                    debug!("duplicate delivery; replying with the stored outcome");
+                    let reply = reply
+                        .and_then(|r| serde_json::from_value(r).ok())
+                        .unwrap_or_else(|| Reply::Accepted {
+                            stream_id: stream_id.clone(),
+                            events: Vec::new(),
+                        });
+                    return Ok(reply);
+                }
+            };
+            let history = tx.load_stream(&stream_id).await?;
+            let mut state = A::default();
+            let mut version = 0;
+            for (event_version, event_type, data) in history {
+                let event = A::Event::from_json(&event_type, data).map_err(|e| {
+                    StoreError::Corrupt(format!("{stream_id} version {event_version}: {e}"))
+                })?;
+                state.apply(&event);
+                version = event_version;
+            }
+            let reply = match state.decide(command) {
+                Err(rejection) => Reply::Rejected {
+                    reason: Rejection::new(rejection.code(), rejection.to_string()),
+                },
+                Ok(events) => {
+                    let new_events: Vec<NewEvent> = events
+                        .iter()
+                        .map(|event| NewEvent {
+                            event_id: EventId::new(),
+                            event_type: event.message_type(),
+                            data: event.to_json(),
+                        })
+                        .collect();
+                    let event_metadata = EventMetadata {
+                        correlation_id: metadata.correlation_id,
+                        causation_id: metadata.message_id.into(),
+                        recorded_by: self.config.replica.clone(),
+                    };
+                    match tx
+                        .append(&stream_id, version, &new_events, &event_metadata)
+                        .await
+                    {
+                        Err(StoreError::Conflict { .. }) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                            debug!(conflicts, "version conflict; deciding again");
+                            continue;
+                        }
+                        other => other?,
+                    }
+                    Reply::Accepted {
+                        stream_id: stream_id.clone(),
+                        events: new_events
+                            .into_iter()
+                            .zip(version + 1..)
+                            .map(|(event, v)| ReplyEvent {
+                                event_id: event.event_id,
+                                message_type: event.event_type.to_owned(),
+                                stream_version: v as u64,
+                                data: event.data,
+                            })
+                            .collect(),
+                    }
+                }
+            };
+            let stored = serde_json::to_value(&reply).unwrap_or_default();
+            tx.commit(&stored).await?;
+            return Ok(reply);
+        }
+    }
+
+    /// The one place that decides what happens to a delivery.
+    async fn settle(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        message: &IncomingMessage,
+        metadata: Option<&Metadata>,
+        outcome: Outcome,
+    ) {
+        let settled = match outcome {
+            Outcome::Handled(reply) => {
+                match &reply {
+                    Reply::Accepted { events, .. } => debug!(events = events.len(), "accepted"),
+                    Reply::Rejected { reason } => info!(code = %reason.code, "rejected"),
+                }
+                self.reply(session, metadata, &reply).await;
+                Ok(())
+            }
+            Outcome::Poison { code, reason } => {
+                warn!(code, %reason, "poison message; dead-lettering");
+                self.reply(
+                    session,
+                    metadata,
+                    &Reply::Rejected {
+                        reason: Rejection::new(code, reason.clone()),
+                    },
+                )
+                .await;
+                self.dead_letter(session, delivery, code, &reason).await
+            }
+            Outcome::Transient(error) => {
+                let rounds = retry_count(message);
+                if rounds < MAX_RETRY_ROUNDS {
+                    warn!(%error, round = rounds + 1, "transient failure; parking in the retry queue");
+                    self.park_for_retry(session, delivery, rounds + 1).await
+                } else {
+                    let reason = format!(
+                        "gave up after {MAX_RETRY_ROUNDS} retry rounds; last error: {error}"
+                    );
+                    error!(%reason, "dead-lettering");
+                    self.dead_letter(session, delivery, "retries_exhausted", &reason)
+                        .await
+                }
+            }
+        };
+        match settled {
+            Ok(()) => {
+                if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    // The channel is gone; the broker will redeliver and the inbox makes that
+                    // harmless.
+                    warn!(%error, "ack failed; the message will be redelivered");
+                }
+            }
+            // Not acked: the broker redelivers it when this channel closes.
+            Err(error) => warn!(%error, "could not settle the message; leaving it unacked"),
+        }
+    }
+
+    async fn reply(&self, session: &Session, cause: Option<&Metadata>, reply: &Reply) {
+        let Some(cause) = cause else { return };
+        let Some(reply_to) = &cause.reply_to else {
+            return;
+        };
+        let metadata = Metadata::caused_by(cause, REPLY_TYPE);
+        let mut message = OutgoingMessage {
+            body: serde_json::to_vec(reply).unwrap_or_default(),
+            metadata,
+            extra_headers: vec![(
+                headers::HANDLED_BY,
+                HeaderValue::Text(self.config.replica.clone()),
+            )],
+        };
+        message.metadata.message_type = REPLY_TYPE.to_owned();
+        // Replies are best effort: the outcome is already committed, and a client that missed
+        // it re-sends the same message id and gets the stored reply.
+        if let Err(error) =
+            broker::publish_message(&session.publisher, "", reply_to, &message).await
+        {
+            warn!(%error, %reply_to, "could not send the reply");
+        }
+    }
+
+    /// Publishes the original message, untouched but for reason headers, to the dead-letter
+    /// queue, and waits for the broker to confirm it before the original may be acked.
+    async fn dead_letter(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        let properties = with_headers(
+            &delivery.properties,
+            &[
+                (headers::DEAD_LETTER_CODE, code.to_owned()),
+                (headers::DEAD_LETTER_REASON, reason.to_owned()),
+                (
+                    headers::ORIGINAL_QUEUE,
+                    self.topology.command_queue(A::SERVICE),
+                ),
+                (headers::HANDLED_BY, self.config.replica.clone()),
+            ],
+        );
+        broker::publish_confirmed(
+            &session.publisher,
+            &self.topology.dead_letter_exchange(),
+            self.topology.command_routing_key(A::SERVICE),
+            &delivery.data,
+            properties,
+        )
+        .await
+    }
+
+    async fn park_for_retry(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        round: i64,
+    ) -> Result<(), BrokerError> {
+        let mut properties = with_headers(&delivery.properties, &[]);
+        let mut table = properties.headers().clone().unwrap_or_default();
+        table.insert(
+            headers::RETRY_COUNT.into(),
+            lapin::types::AMQPValue::LongLongInt(round),
+        );
+        properties = properties.with_headers(table);
+        broker::publish_confirmed(
+            &session.publisher,
+            "",
+            &self.topology.retry_queue(A::SERVICE),
+            &delivery.data,
+            properties,
+        )
+        .await
+    }
+}
+
+fn poison(error: &DecodeError) -> Outcome {
+    Outcome::Poison {
+        code: error.code(),
+        reason: error.to_string(),
+    }
+}
+
+fn retry_count(message: &IncomingMessage) -> i64 {
+    match message.headers.get(headers::RETRY_COUNT) {
+        Some(HeaderValue::Int(n)) => *n,
+        _ => 0,
+    }
+}
+
+fn with_headers(properties: &BasicProperties, extra: &[(&str, String)]) -> BasicProperties {
+    let mut table = properties.headers().clone().unwrap_or_default();
+    for (name, value) in extra {
+        // Reasons can quote user input; keep them to a readable size.
+        let value: String = value.chars().take(1000).collect();
+        table.insert(
+            (*name).into(),
+            lapin::types::AMQPValue::LongString(value.into_bytes().into()),
+        );
+    }
+    properties.clone().with_headers(table)
+}

@@ -1,0 +1,10 @@
+//! The catalog service (the seed's Server B): products, prices and stock.
+//!
+//! [`domain`] holds the rules (stock never negative, reservations idempotent per order);
+//! [`projection`] keeps the `catalog_products` read model.
+
+pub mod domain;
+pub mod projection;
+
+pub use domain::{CatalogRejection, Product};
+pub use projection::ProductsProjection;
