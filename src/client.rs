@@ -45,7 +45,9 @@ impl From<lapin::Error> for ClientError {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<MessageId, oneshot::Sender<Reply>>>>;
+/// Waiters by the message id of the command they sent. Several may wait on one id (a command
+/// re-sent while its first reply is pending); the first reply answers them all.
+type Pending = Arc<Mutex<HashMap<MessageId, Vec<oneshot::Sender<Reply>>>>>;
 
 /// A connection to the system. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Client {
@@ -103,9 +105,9 @@ impl Client {
                     continue;
                 };
                 let cause = MessageId::from_uuid(metadata.causation_id.as_uuid());
-                let waiter = router.lock().ok().and_then(|mut p| p.remove(&cause));
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(reply);
+                let waiters = router.lock().ok().and_then(|mut p| p.remove(&cause));
+                for waiter in waiters.into_iter().flatten() {
+                    let _ = waiter.send(reply.clone());
                 }
             }
         });
@@ -151,9 +153,10 @@ impl Client {
         let message_id = message.metadata.message_id;
         let (tx, rx) = oneshot::channel();
         if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(message_id, tx);
+            pending.entry(message_id).or_default().push(tx);
         }
         if let Err(error) = self.publish(&message).await {
+            drop(rx);
             self.forget(message_id);
             return Err(error);
         }
@@ -170,9 +173,15 @@ impl Client {
         }
     }
 
+    /// Drops waiters whose receiver is gone (timed out), keeping any still waiting.
     fn forget(&self, message_id: MessageId) {
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.remove(&message_id);
+        if let Ok(mut pending) = self.pending.lock()
+            && let Some(waiters) = pending.get_mut(&message_id)
+        {
+            waiters.retain(|w| !w.is_closed());
+            if waiters.is_empty() {
+                pending.remove(&message_id);
+            }
         }
     }
 

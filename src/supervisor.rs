@@ -61,15 +61,17 @@ impl Supervisor {
         }
     }
 
+    /// SIGTERM to one child; waits for it to exit and returns its status.
+    pub async fn terminate(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let mut child = self.children.remove(name)?;
+        send_sigterm(&child);
+        child.wait().await.ok()
+    }
+
     /// SIGTERM to every child, then waits up to `grace` for each before SIGKILL.
     pub async fn stop_all(&mut self, grace: Duration) {
         for child in self.children.values() {
-            if let Some(pid) = child.id() {
-                // A plain `kill -TERM`: no libc binding needed for one signal.
-                let _ = std::process::Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status();
-            }
+            send_sigterm(child);
         }
         for (_, mut child) in std::mem::take(&mut self.children) {
             if tokio::time::timeout(grace, child.wait()).await.is_err() {
@@ -86,5 +88,14 @@ impl Supervisor {
                 matches!(child.try_wait(), Ok(Some(_))).then(|| name.clone())
             })
             .collect()
+    }
+}
+
+fn send_sigterm(child: &Child) {
+    if let Some(pid) = child.id() {
+        // A plain `kill -TERM`: no libc binding needed for one signal.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
     }
 }

@@ -1,0 +1,13 @@
+//! Integration tests against a real RabbitMQ and a real PostgreSQL. One binary (faster to
+//! build and link than one per file); each test has its own namespace and database.
+
+mod support;
+
+mod append_only;
+mod catalog;
+mod concurrency;
+mod crash;
+mod errors;
+mod poison;
+mod python_client;
+mod relay;

@@ -1,0 +1,364 @@
+//! The test harness: a real broker, a real database, and a `TestSystem` per test with its own
+//! broker namespace and its own database, so tests run in parallel without seeing each other.
+//!
+//! Where the services come from, in order:
+//! 1. `TEST_AMQP_URL` / `TEST_DATABASE_URL`, if set;
+//! 2. the local defaults (`amqp://guest:guest@127.0.0.1:5672/%2f`,
+//!    `postgres://root@127.0.0.1:5432/postgres`), if they answer;
+//! 3. testcontainers, with images `EVENTLINE_TEST_RABBITMQ_IMAGE` (default `rabbitmq:3.13`)
+//!    and `EVENTLINE_TEST_POSTGRES_IMAGE` (default `postgres:16`).
+
+#![allow(dead_code)]
+
+mod services;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use eventline::Client;
+use eventline::supervisor::Supervisor;
+use eventline_events::catalog::{AddProduct, CatalogCommand, ReserveStock};
+use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
+use eventline_events::{Namespace, Reply, Service, Topology};
+use eventline_workers::runtime::broker;
+use eventline_workers::runtime::projection;
+use eventline_workers::runtime::relay::{Relay, RelayProgress};
+use eventline_workers::runtime::store::{self, EventStore};
+use eventline_workers::runtime::worker::CommandWorker;
+use eventline_workers::runtime::{Config, SecretUrl, Shutdown};
+use eventline_workers::services::catalog::{Product, ProductsProjection};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use services::services;
+
+/// How long any wait in a test may take before it fails with what it was waiting for.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(10);
+
+/// Polls `probe` until it returns `Some`, or panics after [`PATIENCE`] naming `what` and the
+/// last thing seen.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("timed out after {PATIENCE:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(POLL.min(deadline - Instant::now())).await,
+        }
+    }
+}
+
+/// One test's private system: namespace, database, client, and whatever workers it starts.
+pub struct TestSystem {
+    pub namespace: Namespace,
+    pub topology: Topology,
+    pub config: Config,
+    pub store: EventStore,
+    pub client: Client,
+    shutdown: Shutdown,
+    tasks: JoinSet<()>,
+    relay: Option<watch::Receiver<RelayProgress>>,
+    projection: Option<watch::Receiver<i64>>,
+    processes: Option<Supervisor>,
+    cleaned: bool,
+}
+
+impl TestSystem {
+    /// A fresh namespace and database, migrated, with the catalog's queues declared and a
+    /// connected client. No workers yet.
+    pub async fn start() -> Self {
+        let services = services().await;
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let namespace = Namespace::parse(&format!("t-{}", &id[20..])).unwrap();
+        let database_url = services
+            .database_url
+            .with_path(&format!("eventline_test_{id}"));
+        store::create_database_if_missing(&database_url)
+            .await
+            .expect("create the test database");
+        let store = EventStore::connect(&database_url, 10)
+            .await
+            .expect("connect to the test database");
+        store.migrate().await.expect("migrate the test database");
+        let config = Config {
+            amqp_url: services.amqp_url.clone(),
+            database_url,
+            namespace: namespace.clone(),
+            replica: "test".into(),
+            prefetch: 16,
+            max_db_connections: 8,
+        };
+        let topology = Topology::new(namespace.clone());
+        // Declared up front so commands published before a worker starts are queued, not lost.
+        let connection = broker::connect(&config.amqp_url, "test setup")
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        broker::declare_service_queues(&channel, &topology, Service::Catalog)
+            .await
+            .unwrap();
+        let _ = connection.close(200, "ok".into()).await;
+        let client = Client::connect(&config.amqp_url, namespace.clone())
+            .await
+            .expect("connect the client");
+        Self {
+            namespace,
+            topology,
+            config,
+            store,
+            client,
+            shutdown: Shutdown::new(),
+            tasks: JoinSet::new(),
+            relay: None,
+            projection: None,
+            processes: None,
+            cleaned: false,
+        }
+    }
+
+    /// A system with `replicas` in-process catalog workers and the products projection.
+    pub async fn with_catalog(replicas: usize) -> Self {
+        let mut system = Self::start().await;
+        for i in 1..=replicas {
+            system.start_catalog_worker(&format!("catalog-{i}"));
+        }
+        system.start_projection();
+        system.wait_for_catalog_consumers(replicas).await;
+        system
+    }
+
+    /// Waits until `n` consumers are attached to the catalog's command queue.
+    pub async fn wait_for_catalog_consumers(&self, n: usize) {
+        let connection = broker::connect(&self.config.amqp_url, "test probe")
+            .await
+            .unwrap();
+        let queue = self.topology.command_queue(Service::Catalog);
+        eventually(&format!("{n} consumers on {queue}"), || {
+            let connection = &connection;
+            let queue = queue.clone();
+            async move {
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let declared = channel
+                    .queue_declare(
+                        queue.into(),
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        lapin::types::FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = channel.close(200, "probe".into()).await;
+                let consumers = declared.consumer_count() as usize;
+                if consumers >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{consumers} consumers"))
+                }
+            }
+        })
+        .await;
+        let _ = connection.close(200, "probe".into()).await;
+    }
+
+    pub fn start_catalog_worker(&mut self, replica: &str) {
+        let config = Config {
+            replica: replica.to_owned(),
+            ..self.config.clone()
+        };
+        let worker = CommandWorker::<Product>::new(config, self.store.clone());
+        self.tasks.spawn(worker.run(self.shutdown.clone()));
+    }
+
+    pub fn start_projection(&mut self) {
+        let (tx, rx) = watch::channel(0);
+        self.projection = Some(rx);
+        self.tasks.spawn(projection::run(
+            ProductsProjection,
+            self.store.clone(),
+            self.shutdown.clone(),
+            tx,
+        ));
+    }
+
+    /// Starts the relay; returns its progress.
+    pub fn start_relay(&mut self) -> watch::Receiver<RelayProgress> {
+        let relay = Relay::new(self.config.clone(), self.store.clone());
+        let progress = relay.progress();
+        self.relay = Some(progress.clone());
+        self.tasks.spawn(relay.run(self.shutdown.clone()));
+        progress
+    }
+
+    /// Child processes of the real `eventline` binary, configured for this test's system.
+    pub fn processes(&mut self) -> &mut Supervisor {
+        let config = &self.config;
+        self.processes.get_or_insert_with(|| {
+            Supervisor::new(
+                env!("CARGO_BIN_EXE_eventline"),
+                vec![
+                    ("AMQP_URL".into(), config.amqp_url.expose().to_owned()),
+                    (
+                        "DATABASE_URL".into(),
+                        config.database_url.expose().to_owned(),
+                    ),
+                    ("EVENTLINE_NAMESPACE".into(), config.namespace.to_string()),
+                    ("EVENTLINE_PREFETCH".into(), "16".into()),
+                    ("RUST_LOG".into(), "info".into()),
+                ],
+                std::env::temp_dir().join(format!("eventline-{}", config.namespace)),
+            )
+        })
+    }
+
+    pub async fn add_product(&self, id: &str, stock: u32) -> Reply {
+        let command = AddProduct {
+            product_id: product(id),
+            name: ProductName::parse(format!("Product {id}")).unwrap(),
+            price: Money::parse(250).unwrap(),
+            initial_stock: StockLevel::parse(stock).unwrap(),
+        };
+        self.client
+            .request(&CatalogCommand::from(command), PATIENCE)
+            .await
+            .expect("reply to add_product")
+    }
+
+    pub async fn reserve(&self, id: &str, order: OrderId, quantity: u32) -> Reply {
+        let command = ReserveStock {
+            product_id: product(id),
+            order_id: order,
+            quantity: Quantity::parse(quantity).unwrap(),
+        };
+        self.client
+            .request(&CatalogCommand::from(command), PATIENCE)
+            .await
+            .expect("reply to reserve_stock")
+    }
+
+    /// Stream versions of one stream, in order.
+    pub async fn stream_versions(&self, stream_id: &str) -> Vec<i64> {
+        sqlx::query_scalar(
+            "SELECT stream_version FROM event_log WHERE stream_id = $1 ORDER BY stream_version",
+        )
+        .bind(stream_id)
+        .fetch_all(self.store.pool())
+        .await
+        .unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Waits until the products projection has applied everything in the log.
+    pub async fn wait_for_projection(&self) {
+        let max = self
+            .count("SELECT coalesce(max(position), 0) FROM event_log")
+            .await;
+        let mut progress = self.projection.clone().expect("start_projection first");
+        eventually("the products projection to catch up", || {
+            let at = *progress.borrow_and_update();
+            async move {
+                if at >= max {
+                    Ok(())
+                } else {
+                    Err(format!("at {at} of {max}"))
+                }
+            }
+        })
+        .await;
+    }
+
+    /// (available, reserved, sold) of a product in the read model.
+    pub async fn stock(&self, id: &str) -> (i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT available, reserved, sold FROM catalog_products WHERE product_id = $1",
+        )
+        .bind(id)
+        .fetch_one(self.store.pool())
+        .await
+        .unwrap()
+    }
+
+    /// Stops every worker, relay and projection (in-process and child processes); the
+    /// database and queues stay for inspection.
+    pub async fn stop_workers(&mut self) {
+        self.shutdown.trigger();
+        while self.tasks.join_next().await.is_some() {}
+        if let Some(mut processes) = self.processes.take() {
+            processes.stop_all(Duration::from_secs(10)).await;
+        }
+    }
+
+    /// Stops workers, deletes the namespace's queues and exchanges, drops the database.
+    pub async fn stop(mut self) {
+        self.stop_workers().await;
+        cleanup(
+            &self.config.amqp_url,
+            &self.topology,
+            &self.config.database_url,
+        )
+        .await;
+        self.cleaned = true;
+    }
+}
+
+impl Drop for TestSystem {
+    /// A test that panicked still removes its queues and database.
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.shutdown.trigger();
+        let (amqp, topology, db) = (
+            self.config.amqp_url.clone(),
+            self.topology.clone(),
+            self.config.database_url.clone(),
+        );
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Runtime::new() {
+                rt.block_on(cleanup(&amqp, &topology, &db));
+            }
+        })
+        .join();
+    }
+}
+
+async fn cleanup(amqp_url: &SecretUrl, topology: &Topology, database_url: &SecretUrl) {
+    if let Ok(connection) = broker::connect(amqp_url, "test cleanup").await {
+        if let Ok(channel) = connection.create_channel().await {
+            for queue in topology.all_queues() {
+                let _ = channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for exchange in topology.all_exchanges() {
+                let _ = channel
+                    .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = connection.close(200, "cleanup".into()).await;
+    }
+    let _ = store::drop_database(database_url).await;
+}
+
+pub fn product(id: &str) -> ProductId {
+    ProductId::parse(id.to_owned()).unwrap()
+}
