@@ -4,10 +4,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eventline_events::auth::TOKEN_HEADER;
 use eventline_events::envelope::{HeaderValue, headers};
+use eventline_events::orders::{OrderLine, OrderLines, OrdersCommand, PlaceOrder};
+use eventline_events::payments::CardToken;
+use eventline_events::values::{OrderId, ProductId, Quantity};
 use eventline_events::{
-    Contract, IncomingMessage, MessageId, Metadata, Namespace, OutgoingMessage, Reply, Service,
-    Topology,
+    Contract, CorrelationId, IncomingMessage, MessageId, Metadata, Namespace, OutgoingMessage,
+    Reply, Service, Topology,
 };
 use eventline_workers::runtime::SecretUrl;
 use eventline_workers::runtime::broker::{self, BrokerError};
@@ -37,6 +41,17 @@ pub enum ClientError {
     BadReply(String),
     #[error("the client's connection closed before the reply arrived")]
     Closed,
+    #[error(
+        "order {order_id} was placed but reached no outcome within {timeout:?}; it is still running — check it with `eventline orders` or `eventline trace {order_id}`"
+    )]
+    NoOutcome {
+        order_id: OrderId,
+        timeout: Duration,
+    },
+    #[error(
+        "the dead-letter queue {0} does not exist: no worker of that service has run in this namespace (check EVENTLINE_NAMESPACE)"
+    )]
+    NoSuchQueue(String),
 }
 
 impl From<lapin::Error> for ClientError {
@@ -49,6 +64,9 @@ impl From<lapin::Error> for ClientError {
 /// re-sent while its first reply is pending); the first reply answers them all.
 type Pending = Arc<Mutex<HashMap<MessageId, Vec<oneshot::Sender<Reply>>>>>;
 
+/// Order-outcome waiters by order id.
+type Outcomes = Arc<Mutex<HashMap<OrderId, Vec<oneshot::Sender<OrderOutcome>>>>>;
+
 /// A connection to the system. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Client {
     connection: Connection,
@@ -56,6 +74,8 @@ pub struct Client {
     topology: Topology,
     reply_queue: String,
     pending: Pending,
+    token: Option<String>,
+    outcomes: tokio::sync::OnceCell<Outcomes>,
 }
 
 impl Client {
@@ -117,7 +137,85 @@ impl Client {
             topology,
             reply_queue,
             pending,
+            token: None,
+            outcomes: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Sends this session token (from `auth.log_in`) with every command.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Places an order and waits for its final outcome: confirmed, rejected (stock) or
+    /// cancelled (payment, timeout). The order is its own conversation: its correlation id is
+    /// the order id, so `eventline trace <order id>` shows its whole path.
+    pub async fn place_order(
+        &self,
+        order: &PlaceOrder,
+        timeout: Duration,
+    ) -> Result<OrderOutcome, ClientError> {
+        let outcomes = self
+            .outcomes
+            .get_or_try_init(|| self.follow_outcomes())
+            .await?;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut waiting) = outcomes.lock() {
+            waiting.entry(order.order_id).or_default().push(tx);
+        }
+        let mut metadata = Metadata::origin("orders.place_order");
+        metadata.correlation_id = CorrelationId::from_uuid(order.order_id.as_uuid());
+        let message = OutgoingMessage::new(metadata, &OrdersCommand::from(order.clone()));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let placed = self.request_message(message, timeout).await?;
+        if let Reply::Rejected { reason } = placed {
+            return Ok(OrderOutcome {
+                status: "rejected".into(),
+                code: Some(reason.code),
+                reason: Some(reason.message),
+                total: None,
+            });
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::NoOutcome {
+                order_id: order.order_id,
+                timeout,
+            }),
+        }
+    }
+
+    /// Routes the saga's terminal events to the waiters of `place_order`.
+    async fn follow_outcomes(&self) -> Result<Outcomes, ClientError> {
+        let events = self
+            .subscribe_to(&[
+                "orders.order_confirmed",
+                "orders.order_rejected",
+                "orders.order_cancelled",
+            ])
+            .await?;
+        let outcomes: Outcomes = Arc::default();
+        let router = outcomes.clone();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                let Some(order_id) = event
+                    .data
+                    .get("order_id")
+                    .and_then(|v| serde_json::from_value::<OrderId>(v.clone()).ok())
+                else {
+                    continue;
+                };
+                let outcome = OrderOutcome::from_event(&event);
+                let waiters = router.lock().ok().and_then(|mut w| w.remove(&order_id));
+                for waiter in waiters.into_iter().flatten() {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+        });
+        Ok(outcomes)
     }
 
     pub fn topology(&self) -> &Topology {
@@ -188,6 +286,17 @@ impl Client {
     /// Publishes a prepared message to the service its type names, with a confirm.
     pub async fn publish(&self, message: &OutgoingMessage) -> Result<(), ClientError> {
         let service = service_of(&message.metadata.message_type)?;
+        let with_token;
+        let message = match &self.token {
+            Some(token) => {
+                let mut m = message.clone();
+                m.extra_headers
+                    .push((TOKEN_HEADER, HeaderValue::Text(token.clone())));
+                with_token = m;
+                &with_token
+            }
+            None => message,
+        };
         broker::publish_message(
             &self.publisher,
             &self.topology.commands_exchange(),
@@ -223,6 +332,14 @@ impl Client {
         &self,
         pattern: &str,
     ) -> Result<impl Stream<Item = EventMessage> + use<>, ClientError> {
+        self.subscribe_to(&[pattern]).await
+    }
+
+    /// Like [`Client::subscribe`], for several patterns on one queue.
+    pub async fn subscribe_to(
+        &self,
+        patterns: &[&str],
+    ) -> Result<impl Stream<Item = EventMessage> + use<>, ClientError> {
         let channel = self.connection.create_channel().await?;
         let queue = channel
             .queue_declare(
@@ -235,15 +352,17 @@ impl Client {
                 FieldTable::default(),
             )
             .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                self.topology.events_exchange().into(),
-                pattern.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for pattern in patterns {
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    self.topology.events_exchange().into(),
+                    (*pattern).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         let consumer = channel
             .basic_consume(
                 queue.name().clone(),
@@ -273,9 +392,16 @@ impl Client {
         let queue = self.topology.dead_letter_queue(service);
         let mut out = Vec::new();
         while out.len() < limit {
-            let got = channel
+            let got = match channel
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await?;
+                .await
+            {
+                Ok(got) => got,
+                Err(error) if error.to_string().contains("NOT_FOUND") => {
+                    return Err(ClientError::NoSuchQueue(queue));
+                }
+                Err(error) => return Err(error.into()),
+            };
             let Some(message) = got else { break };
             let delivery = message.delivery;
             out.push(DeadLetter::from_incoming(broker::incoming(
@@ -376,4 +502,73 @@ impl DeadLetter {
                 .collect(),
         }
     }
+}
+
+/// How an order ended.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct OrderOutcome {
+    /// `confirmed`, `rejected` or `cancelled`.
+    pub status: String,
+    pub code: Option<String>,
+    pub reason: Option<String>,
+    /// Minor units, for a confirmed order.
+    pub total: Option<u64>,
+}
+
+impl OrderOutcome {
+    fn from_event(event: &EventMessage) -> Self {
+        let text = |k: &str| {
+            event
+                .data
+                .get(k)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        Self {
+            status: event
+                .event_type
+                .trim_start_matches("orders.order_")
+                .to_owned(),
+            code: text("code"),
+            reason: text("reason"),
+            total: event.data.get("total").and_then(|v| v.as_u64()),
+        }
+    }
+}
+
+impl std::fmt::Display for OrderOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.status)?;
+        if let Some(total) = self.total {
+            write!(f, ", total {}.{:02}", total / 100, total % 100)?;
+        }
+        if let (Some(code), Some(reason)) = (&self.code, &self.reason) {
+            write!(f, " ({code}: {reason})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a `PlaceOrder` from `product:quantity` words and a card token, with a new order id.
+pub fn parse_order(lines: &[String], card: &str) -> Result<PlaceOrder, String> {
+    let lines = lines
+        .iter()
+        .map(|word| {
+            let (product, quantity) = word
+                .split_once(':')
+                .ok_or_else(|| format!("{word:?} is not product:quantity (e.g. tea:2)"))?;
+            let quantity: u32 = quantity
+                .parse()
+                .map_err(|_| format!("{quantity:?} in {word:?} is not a whole number"))?;
+            Ok(OrderLine {
+                product_id: ProductId::parse(product.to_owned())?,
+                quantity: Quantity::parse(quantity)?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(PlaceOrder {
+        order_id: OrderId::new(),
+        lines: OrderLines::parse(lines)?,
+        card: CardToken::parse(card.to_owned())?,
+    })
 }

@@ -1,6 +1,7 @@
-//! `eventline demo`: the seed's picture, running. Two clients talk to three catalog replicas
-//! through RabbitMQ while the relay streams the log to the events exchange; then it prints
-//! what each client saw, what the stock is, and how the broker spread the work.
+//! `eventline demo`: the seed's picture, running. Two clients register, log in and place orders
+//! against two replicas of each server (auth, catalog, orders, payments) behind RabbitMQ, while
+//! the relay streams the log to the events exchange; then it prints how the orders ended, what
+//! the stock and the money are, how the broker spread the work, and one order's causal path.
 //!
 //! It uses a namespace and a database of its own (`eventline-demo`, `{db}_demo`), recreated
 //! on every run, so it never touches a real deployment's data.
@@ -10,14 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use eventline_events::catalog::{
-    AddProduct, CatalogCommand, CommitReservation, ReleaseReservation, ReserveStock, Restock,
-};
+use eventline_events::auth::{Claims, Role, UserId};
+use eventline_events::catalog::{AddProduct, CatalogCommand, Restock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{Metadata, Namespace, OutgoingMessage, Reply, Service, Topology};
-use eventline_workers::runtime::broker;
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::{Config, SecretUrl};
+use eventline_workers::runtime::{broker, token};
 use futures_util::StreamExt;
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
@@ -28,11 +28,11 @@ use crate::supervisor::Supervisor;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoOptions {
-    /// Catalog worker replicas to start.
-    #[arg(long, default_value_t = 3)]
+    /// Worker replicas to start per service.
+    #[arg(long, default_value_t = 2)]
     pub replicas: usize,
-    /// Reservations each of the two clients makes.
-    #[arg(long, default_value_t = 60)]
+    /// Orders each of the two clients places.
+    #[arg(long, default_value_t = 25)]
     pub orders: usize,
     /// Seed for the clients' random choices, for a repeatable run.
     #[arg(long, default_value_t = 7)]
@@ -74,15 +74,47 @@ pub async fn products(store: &EventStore) -> anyhow::Result<Vec<ProductRow>> {
 }
 
 const PRODUCTS: [(&str, &str, u64, u32); 3] = [
-    ("tea", "Earl Grey tea", 450, 40),
-    ("coffee", "Filter coffee", 890, 25),
-    ("mug", "Enamel mug", 1200, 8),
+    ("tea", "Earl Grey tea", 450, 30),
+    ("coffee", "Filter coffee", 890, 20),
+    ("mug", "Enamel mug", 1200, 5),
 ];
 
-#[derive(Default)]
-struct Tally {
-    accepted: usize,
-    rejected: BTreeMap<String, usize>,
+/// A row of the orders read model.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OrderRow {
+    pub order_id: uuid::Uuid,
+    pub customer_id: uuid::Uuid,
+    pub status: String,
+    pub code: Option<String>,
+    pub reason: Option<String>,
+    pub total: Option<i64>,
+}
+
+/// The orders read model, optionally one customer's.
+pub async fn orders(
+    store: &EventStore,
+    customer: Option<uuid::Uuid>,
+) -> anyhow::Result<Vec<OrderRow>> {
+    let rows = sqlx::query(
+        "SELECT order_id, customer_id, status, code, reason, total FROM orders_view \
+         WHERE $1::uuid IS NULL OR customer_id = $1 ORDER BY order_id",
+    )
+    .bind(customer)
+    .fetch_all(store.pool())
+    .await
+    .context("reading orders_view (has `eventline migrate` run?)")?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(OrderRow {
+                order_id: r.try_get("order_id")?,
+                customer_id: r.try_get("customer_id")?,
+                status: r.try_get("status")?,
+                code: r.try_get("code")?,
+                reason: r.try_get("reason")?,
+                total: r.try_get("total")?,
+            })
+        })
+        .collect()
 }
 
 pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
@@ -102,6 +134,9 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
     let store = EventStore::connect(&database_url, 4).await?;
     store.migrate().await?;
 
+    // Fresh keys for this run: auth signs with the private half, every service verifies with
+    // the public half. The demo keeps the private key to mint the operator's admin token.
+    let signing = token::generate_signing_key();
     let log_dir = std::env::current_dir()?.join("target/demo-logs");
     let mut supervisor = Supervisor::new(
         std::env::current_exe()?,
@@ -109,19 +144,46 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
             ("AMQP_URL".into(), base.amqp_url.expose().to_owned()),
             ("DATABASE_URL".into(), database_url.expose().to_owned()),
             ("EVENTLINE_NAMESPACE".into(), namespace.to_string()),
+            (
+                "EVENTLINE_AUTH_SIGNING_KEY".into(),
+                token::encode_key(&signing.to_bytes()),
+            ),
+            (
+                "EVENTLINE_AUTH_PUBLIC_KEY".into(),
+                token::encode_key(&signing.verifying_key().to_bytes()),
+            ),
+            (
+                "EVENTLINE_SAGA_TIMEOUT_MS".into(),
+                SAGA_TIMEOUT_MS.to_string(),
+            ),
+            (
+                "EVENTLINE_PAYMENT_SLOW_MS".into(),
+                (SAGA_TIMEOUT_MS * 2).to_string(),
+            ),
         ],
         &log_dir,
     );
-    let result = drive(&base, &namespace, &store, &mut supervisor, &options).await;
-    supervisor.stop_all(Duration::from_secs(10)).await;
+    let result = drive(
+        &base,
+        &namespace,
+        &store,
+        &mut supervisor,
+        &options,
+        &signing,
+    )
+    .await;
+    supervisor.stop_all(Duration::from_secs(15)).await;
     result?;
     println!(
-        "\nfinished in {:.1}s; worker logs in {}; explore with EVENTLINE_NAMESPACE={namespace} DATABASE_URL={database_url} eventline products",
+        "\nfinished in {:.1}s; worker logs in {}\nexplore: export EVENTLINE_NAMESPACE={namespace} DATABASE_URL={database_url}; eventline orders; eventline products; eventline trace <order id>",
         started.elapsed().as_secs_f64(),
         log_dir.display()
     );
     Ok(())
 }
+
+/// How long the saga waits before cancelling; `tok_slow` takes twice as long.
+const SAGA_TIMEOUT_MS: u64 = 2000;
 
 async fn drive(
     base: &Config,
@@ -129,32 +191,26 @@ async fn drive(
     store: &EventStore,
     supervisor: &mut Supervisor,
     options: &DemoOptions,
+    signing: &ed25519_dalek::SigningKey,
 ) -> anyhow::Result<()> {
     supervisor.spawn("relay", &["relay"])?;
-    let mut names = Vec::new();
-    for i in 1..=options.replicas.max(1) {
-        let name = format!("catalog-{i}");
-        supervisor.spawn(&name, &["worker", "catalog"])?;
-        names.push(name);
+    let replicas = options.replicas.max(1);
+    for service in Service::ALL {
+        for i in 1..=replicas {
+            supervisor.spawn(&format!("{service}-{i}"), &["worker", service.name()])?;
+        }
     }
-    let client1 = Arc::new(Client::connect(&base.amqp_url, namespace.clone()).await?);
-    let client2 = Arc::new(Client::connect(&base.amqp_url, namespace.clone()).await?);
-    wait_for_consumers(
-        &base.amqp_url,
-        namespace,
-        options.replicas.max(1),
-        supervisor,
-    )
-    .await?;
+    let admin_token = mint(signing, Role::Admin);
+    let admin = Client::connect(&base.amqp_url, namespace.clone())
+        .await?
+        .with_token(admin_token);
+    wait_for_consumers(&base.amqp_url, namespace, replicas, supervisor).await?;
     println!(
-        "started: relay, {} (Server B replicas behind the broker's queue)",
-        names.join(", ")
+        "started: relay and {replicas} replicas each of auth (A), catalog (B), orders (C), payments (D), all behind RabbitMQ queues"
     );
+    let mut events = Box::pin(admin.subscribe("#").await?);
 
-    // Bound before any command, so it sees every event the relay publishes.
-    let mut events = Box::pin(client2.subscribe("catalog.#").await?);
-
-    let timeout = Duration::from_secs(15);
+    let timeout = Duration::from_secs(20);
     for (id, name, price, stock) in PRODUCTS {
         let command = AddProduct {
             product_id: ProductId::parse(id.into()).map_err(anyhow::Error::msg)?,
@@ -162,14 +218,16 @@ async fn drive(
             price: Money::parse(price).map_err(anyhow::Error::msg)?,
             initial_stock: StockLevel::parse(stock).map_err(anyhow::Error::msg)?,
         };
-        let reply = client1
+        let reply = admin
             .request(&CatalogCommand::from(command), timeout)
             .await?;
         if !reply.is_accepted() {
             bail!("adding {id} was refused: {reply:?}");
         }
     }
-    println!("client 1: added tea (stock 40), coffee (25), mug (8)");
+    println!(
+        "operator (admin token): added tea (stock 30, 4.50), coffee (20, 8.90), mug (5, 12.00)"
+    );
 
     // A retried command (same message id) is answered from the inbox: one effect, same reply.
     let retry = OutgoingMessage::new(
@@ -179,30 +237,36 @@ async fn drive(
             quantity: Quantity::parse(2).map_err(anyhow::Error::msg)?,
         }),
     );
-    let first = client1.request_message(retry.clone(), timeout).await?;
-    let second = client1.request_message(retry, timeout).await?;
+    let first = admin.request_message(retry.clone(), timeout).await?;
+    let second = admin.request_message(retry, timeout).await?;
     println!(
-        "client 1: restocked mug by 2, then sent the very same message again: replies identical = {}",
+        "operator: restocked mug by 2, then re-sent the very same message: replies identical = {}",
         first == second
     );
 
-    println!(
-        "client 1 and client 2: {} reservations each, concurrently (some commit, some release)…",
-        options.orders
-    );
-    let (t1, t2) = tokio::join!(
-        shop(client1.clone(), options.orders, options.seed),
-        shop(
-            client2.clone(),
+    let (c1, c2) = tokio::join!(
+        customer(
+            base,
+            namespace,
+            "alice@example.com",
+            1,
+            options.orders,
+            options.seed
+        ),
+        customer(
+            base,
+            namespace,
+            "bob@example.com",
+            2,
             options.orders,
             options.seed.wrapping_add(1)
         ),
     );
-    let (t1, t2) = (t1?, t2?);
+    let (c1, c2) = (c1?, c2?);
 
-    // Poison: a reserve with a negative quantity. It is refused with a reason and parked in
-    // the dead-letter queue; the workers carry on.
-    let poison = client2
+    // Poison: a reserve with a negative quantity. Refused with a reason, parked in the
+    // dead-letter queue; the workers carry on.
+    let poison = admin
         .request_message(
             OutgoingMessage {
                 metadata: Metadata::origin("catalog.reserve_stock"),
@@ -213,15 +277,21 @@ async fn drive(
         )
         .await?;
 
-    // Wait for the read model and the relay to catch up with the log.
+    // Every order is terminal (the clients waited for it); let late compensations finish, the
+    // read models and the relay catch up.
+    settle(store).await?;
     let total_events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_log")
         .fetch_one(store.pool())
         .await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut relayed = Vec::new();
     while (relayed.len() as i64) < total_events {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, events.next()).await {
+        match tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            events.next(),
+        )
+        .await
+        {
             Ok(Some(event)) => relayed.push(event.position),
             _ => bail!(
                 "the relay published {} of {total_events} events within 30 s; see target/demo-logs/relay.log",
@@ -229,18 +299,19 @@ async fn drive(
             ),
         }
     }
-    wait_for_projection(store, total_events).await?;
 
-    println!("\n{:<34} {:>9} {:>9}", "outcome", "client 1", "client 2");
-    println!("{:<34} {:>9} {:>9}", "accepted", t1.accepted, t2.accepted);
-    let codes: std::collections::BTreeSet<_> =
-        t1.rejected.keys().chain(t2.rejected.keys()).collect();
-    for code in codes {
+    println!(
+        "\n{:<40} {:>9} {:>9}",
+        "order outcome", "client 1", "client 2"
+    );
+    let keys: std::collections::BTreeSet<_> =
+        c1.outcomes.keys().chain(c2.outcomes.keys()).collect();
+    for key in keys {
         println!(
-            "{:<34} {:>9} {:>9}",
-            format!("rejected: {code}"),
-            t1.rejected.get(code).unwrap_or(&0),
-            t2.rejected.get(code).unwrap_or(&0)
+            "{:<40} {:>9} {:>9}",
+            key,
+            c1.outcomes.get(key).unwrap_or(&0),
+            c2.outcomes.get(key).unwrap_or(&0)
         );
     }
 
@@ -269,12 +340,31 @@ async fn drive(
         }
     }
 
-    println!("\n{:<12} {:>17}", "replica", "commands handled");
-    let per_replica = sqlx::query(
-        "SELECT handled_by, count(*) AS n FROM processed_messages GROUP BY handled_by ORDER BY handled_by",
+    let money: (i64, i64, i64) = sqlx::query_as(
+        "SELECT \
+           coalesce((SELECT sum((data ->> 'amount')::bigint) FROM event_log WHERE event_type = 'payments.payment_captured'), 0)::bigint, \
+           coalesce((SELECT sum((data ->> 'amount')::bigint) FROM event_log WHERE event_type = 'payments.payment_refunded'), 0)::bigint, \
+           coalesce((SELECT sum(total) FROM orders_view WHERE status = 'confirmed'), 0)::bigint",
     )
-    .fetch_all(store.pool())
+    .fetch_one(store.pool())
     .await?;
+    let balanced = money.0 - money.1 == money.2;
+    println!(
+        "\npayments: captured {} − refunded {} = {}; confirmed orders total {}: {}",
+        cents(money.0),
+        cents(money.1),
+        cents(money.0 - money.1),
+        cents(money.2),
+        if balanced { "balanced" } else { "UNBALANCED" }
+    );
+    if !balanced {
+        bail!("payments do not match confirmed orders");
+    }
+
+    println!("\n{:<12} {:>17}", "replica", "messages handled");
+    let per_replica = sqlx::query("SELECT handled_by, count(*) AS n FROM processed_messages GROUP BY handled_by ORDER BY handled_by")
+        .fetch_all(store.pool())
+        .await?;
     for row in per_replica {
         let name: String = row.try_get("handled_by")?;
         let n: i64 = row.try_get("n")?;
@@ -295,58 +385,158 @@ async fn drive(
         ),
         Reply::Accepted { .. } => bail!("a negative quantity was accepted"),
     }
-    let letters = client1.dead_letters(Service::Catalog, 10).await?;
-    println!("dead letters in the catalog's queue: {}", letters.len());
+    if let Some(order_id) = c1.confirmed.first() {
+        println!("\none confirmed order's path across the services (eventline trace {order_id}):");
+        print!("{}", crate::trace::render(store, order_id.as_uuid()).await?);
+    }
     if !in_order {
         bail!("events were relayed out of order");
     }
     Ok(())
 }
 
-async fn shop(client: Arc<Client>, orders: usize, seed: u64) -> anyhow::Result<Tally> {
-    let mut rng = fastrand_like(seed);
-    let mut tally = Tally::default();
-    let timeout = Duration::from_secs(15);
-    for _ in 0..orders {
-        let (id, _, _, _) = PRODUCTS[(rng() % 3) as usize];
-        let product_id = ProductId::parse(id.into()).map_err(anyhow::Error::msg)?;
-        let order_id = OrderId::new();
-        let quantity = Quantity::parse(1 + (rng() % 3) as u32).map_err(anyhow::Error::msg)?;
-        let reply = client
-            .request(
-                &CatalogCommand::from(ReserveStock {
-                    product_id: product_id.clone(),
-                    order_id,
-                    quantity,
-                }),
-                timeout,
-            )
-            .await?;
-        match reply {
-            Reply::Accepted { .. } => {
-                tally.accepted += 1;
-                let follow_up = match rng() % 4 {
-                    0 | 1 => Some(CatalogCommand::from(CommitReservation {
-                        product_id,
-                        order_id,
-                    })),
-                    2 => Some(CatalogCommand::from(ReleaseReservation {
-                        product_id,
-                        order_id,
-                    })),
-                    _ => None,
-                };
-                if let Some(command) = follow_up {
-                    let reply = client.request(&command, timeout).await?;
-                    if !reply.is_accepted() {
-                        bail!("a follow-up for order {order_id} was refused: {reply:?}");
-                    }
-                }
-            }
-            Reply::Rejected { reason } => *tally.rejected.entry(reason.code).or_default() += 1,
+struct Shopper {
+    outcomes: BTreeMap<String, usize>,
+    confirmed: Vec<OrderId>,
+}
+
+/// One of the seed's clients: registers, logs in, and places orders with a mix of cards.
+async fn customer(
+    base: &Config,
+    namespace: &Namespace,
+    email: &str,
+    number: u32,
+    orders: usize,
+    seed: u64,
+) -> anyhow::Result<Shopper> {
+    let timeout = Duration::from_secs(30);
+    let client = Client::connect(&base.amqp_url, namespace.clone()).await?;
+    let credentials =
+        serde_json::json!({ "email": email, "password": format!("demo-password-{number}") });
+    for message_type in ["auth.register_user", "auth.log_in"] {
+        let message = OutgoingMessage {
+            metadata: Metadata::origin(message_type),
+            body: credentials.to_string().into_bytes(),
+            extra_headers: Vec::new(),
+        };
+        let reply = client.request_message(message, timeout).await?;
+        if let Reply::Accepted {
+            result: Some(result),
+            ..
+        } = &reply
+            && let Some(token) = result.get("token").and_then(|t| t.as_str())
+        {
+            println!("client {number}: registered {email} and logged in (token valid for 1 h)");
+            return shop(client.with_token(token), number, orders, seed).await;
+        }
+        if !reply.is_accepted() {
+            bail!("{message_type} for {email} was refused: {reply:?}");
         }
     }
-    Ok(tally)
+    bail!("logging in as {email} returned no token")
+}
+
+async fn shop(client: Client, number: u32, orders: usize, seed: u64) -> anyhow::Result<Shopper> {
+    let mut rng = fastrand_like(seed);
+    let mut shopper = Shopper {
+        outcomes: BTreeMap::new(),
+        confirmed: Vec::new(),
+    };
+    let client = Arc::new(client);
+    let mut placed = Vec::new();
+    for i in 0..orders {
+        let card = match i {
+            _ if number == 2 && i == 3 => "tok_slow",
+            _ if i % 7 == 5 => "tok_declined",
+            _ if i % 11 == 9 => "tok_insufficient_funds",
+            _ => "tok_visa",
+        };
+        let mut words = vec![format!(
+            "{}:{}",
+            PRODUCTS[(rng() % 3) as usize].0,
+            1 + rng() % 3
+        )];
+        let second = PRODUCTS[(rng() % 3) as usize].0;
+        if rng().is_multiple_of(2) && !words[0].starts_with(second) {
+            words.push(format!("{second}:1"));
+        }
+        let order = crate::client::parse_order(&words, card).map_err(anyhow::Error::msg)?;
+        let client = client.clone();
+        // A few orders in flight per client, like a busy shop front.
+        placed.push(tokio::spawn(async move {
+            let outcome = client.place_order(&order, Duration::from_secs(30)).await;
+            (order.order_id, outcome)
+        }));
+        if placed.len() >= 4 {
+            record(&mut shopper, placed.remove(0).await?)?;
+        }
+    }
+    for task in placed {
+        record(&mut shopper, task.await?)?;
+    }
+    println!("client {number}: placed {orders} orders, each now confirmed, rejected or cancelled");
+    Ok(shopper)
+}
+
+fn record(
+    shopper: &mut Shopper,
+    (order_id, outcome): (OrderId, Result<crate::OrderOutcome, crate::ClientError>),
+) -> anyhow::Result<()> {
+    let outcome = outcome?;
+    if outcome.status == "confirmed" {
+        shopper.confirmed.push(order_id);
+    }
+    let key = match &outcome.code {
+        Some(code) => format!("{}: {code}", outcome.status),
+        None => outcome.status.clone(),
+    };
+    *shopper.outcomes.entry(key).or_default() += 1;
+    Ok(())
+}
+
+fn mint(signing: &ed25519_dalek::SigningKey, role: Role) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    token::sign(
+        &Claims {
+            sub: UserId::new(),
+            role,
+            iat: now,
+            exp: now + 3600,
+        },
+        signing,
+    )
+}
+
+fn cents(minor: i64) -> String {
+    format!("{}.{:02}", minor / 100, minor % 100)
+}
+
+/// Waits until no reservation is held and nothing is left in the services' queues.
+async fn settle(store: &EventStore) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(reserved), 0)::bigint FROM catalog_products")
+                .fetch_one(store.pool())
+                .await?;
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM orders_view WHERE status NOT IN ('confirmed', 'rejected', 'cancelled')")
+            .fetch_one(store.pool())
+            .await?;
+        let max: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM event_log")
+            .fetch_one(store.pool())
+            .await?;
+        let products_at = store.checkpoint("projection.catalog_products").await?;
+        let orders_at = store.checkpoint("projection.orders_view").await?;
+        if held == 0 && open == 0 && products_at >= max && orders_at >= max {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the system did not settle within 30 s: {held} items still reserved, {open} orders open"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A tiny seeded generator (SplitMix64) so two demo runs with one seed choose alike.
@@ -379,7 +569,7 @@ async fn reset_broker(url: &SecretUrl, topology: &Topology) -> anyhow::Result<()
     Ok(())
 }
 
-/// Waits until `replicas` consumers are on the catalog queue, or a replica exits.
+/// Waits until every service's command queue has `replicas` consumers, or a replica exits.
 async fn wait_for_consumers(
     url: &SecretUrl,
     namespace: &Namespace,
@@ -423,22 +613,5 @@ async fn wait_for_consumers(
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_for_projection(store: &EventStore, events: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let max: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM event_log")
-        .fetch_one(store.pool())
-        .await?;
-    loop {
-        let at = store.checkpoint("projection.catalog_products").await?;
-        if at >= max {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the products projection reached {at} of {max} ({events} events) within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

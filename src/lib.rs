@@ -10,5 +10,6 @@
 pub mod client;
 pub mod demo;
 pub mod supervisor;
+pub mod trace;
 
-pub use client::{Client, ClientError, DeadLetter, EventMessage};
+pub use client::{Client, ClientError, DeadLetter, EventMessage, OrderOutcome};

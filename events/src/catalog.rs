@@ -122,6 +122,8 @@ pub struct StockReserved {
     pub product_id: ProductId,
     pub order_id: OrderId,
     pub quantity: Quantity,
+    /// The price at reservation time: what the order pays per item.
+    pub unit_price: Money,
 }
 
 /// `quantity` is 0 when the order held nothing: the release only closed the order.

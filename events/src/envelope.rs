@@ -43,7 +43,7 @@ pub mod headers {
     pub const DEAD_LETTER_REASON: &str = "x-eventline-reason";
     /// On dead letters: the reason as a stable code, for a program.
     pub const DEAD_LETTER_CODE: &str = "x-eventline-reason-code";
-    /// On dead letters and retries: the queue the message was taken from.
+    /// On dead letters: the queue the message was taken from.
     pub const ORIGINAL_QUEUE: &str = "x-eventline-original-queue";
     /// On retries: how many times the message has been sent back for a retry.
     pub const RETRY_COUNT: &str = "x-eventline-retry-count";
@@ -216,7 +216,7 @@ impl IncomingMessage {
         })
     }
 
-    /// Validates the envelope, the content type, the size and the body, in that order.
+    /// Validates the size, the envelope, the content type and the body, in that order.
     pub fn decode<C: Contract>(&self) -> Result<(Metadata, C), DecodeError> {
         if self.body.len() > MAX_BODY_BYTES {
             return Err(DecodeError::BodyTooLarge {

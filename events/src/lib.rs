@@ -12,9 +12,12 @@
 #[macro_use]
 mod macros;
 
+pub mod auth;
 pub mod catalog;
 pub mod envelope;
 pub mod ids;
+pub mod orders;
+pub mod payments;
 pub mod reply;
 pub mod schema;
 pub mod topology;

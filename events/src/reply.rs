@@ -23,6 +23,9 @@ pub enum Reply {
     Accepted {
         stream_id: StreamId,
         events: Vec<ReplyEvent>,
+        /// What the command produced besides events, e.g. a log-in's session token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<serde_json::Value>,
     },
     /// The command was refused; nothing changed.
     Rejected { reason: Rejection },

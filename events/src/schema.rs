@@ -3,22 +3,36 @@
 //! A test in this crate regenerates them and fails when the files drift from the Rust types;
 //! run it with `UPDATE_SCHEMAS=1` to rewrite the files after a deliberate change.
 
+use std::collections::BTreeMap;
+
 use crate::Contract;
+use crate::auth::{AuthCommand, AuthEvent};
 use crate::catalog::{CatalogCommand, CatalogEvent};
+use crate::orders::{OrdersCommand, OrdersEvent};
+use crate::payments::{PaymentsCommand, PaymentsEvent};
 use crate::reply::{REPLY_TYPE, Reply};
 
 /// Every message type's schema, keyed by the file name it is stored under (`{type}.json`).
 pub fn all() -> Vec<(String, serde_json::Value)> {
-    let mut all: Vec<(String, serde_json::Value)> = CatalogCommand::json_schemas()
-        .into_iter()
-        .chain(CatalogEvent::json_schemas())
-        .map(|(name, schema)| (format!("{name}.json"), schema))
-        .collect();
-    all.push((
+    let mut all: BTreeMap<String, serde_json::Value> = [
+        AuthCommand::json_schemas(),
+        AuthEvent::json_schemas(),
+        CatalogCommand::json_schemas(),
+        CatalogEvent::json_schemas(),
+        OrdersCommand::json_schemas(),
+        OrdersEvent::json_schemas(),
+        PaymentsCommand::json_schemas(),
+        PaymentsEvent::json_schemas(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(name, schema)| (format!("{name}.json"), schema))
+    .collect();
+    all.insert(
         format!("{REPLY_TYPE}.json"),
         schemars::schema_for!(Reply).to_value(),
-    ));
-    all
+    );
+    all.into_iter().collect()
 }
 
 #[cfg(test)]

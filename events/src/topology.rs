@@ -16,7 +16,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The services of the seed's system. Each owns one command queue and one stream category.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Service {
     /// Server A.
     Auth,
@@ -133,6 +136,18 @@ impl Topology {
     /// to the commands exchange.
     pub fn retry_queue(&self, service: Service) -> String {
         format!("{}.{}.retry", self.namespace, service)
+    }
+
+    /// Where replies to the commands a service sends come back (the orders saga's inbox of
+    /// outcomes). Durable: a reply survives the saga's worker restarting.
+    pub fn reply_queue(&self, service: Service) -> String {
+        format!("{}.{}.replies", self.namespace, service)
+    }
+
+    /// Holds messages a service schedules for itself (saga timeouts), each with its own
+    /// expiration, then sends them to the commands exchange: a timer that survives restarts.
+    pub fn delay_queue(&self, service: Service) -> String {
+        format!("{}.{}.delay", self.namespace, service)
     }
 
     /// Direct exchange for messages that cannot be processed, routed by service name.

@@ -112,6 +112,7 @@ pub struct Money(u64);
 impl Money {
     /// 10 billion in major units.
     pub const MAX_MINOR_UNITS: u64 = 1_000_000_000_000;
+    pub const ZERO: Money = Money(0);
 
     pub fn parse(minor_units: u64) -> Result<Self, String> {
         if minor_units <= Self::MAX_MINOR_UNITS {
@@ -126,6 +127,22 @@ impl Money {
 
     pub const fn minor_units(self) -> u64 {
         self.0
+    }
+
+    /// `self × quantity`, or `None` past the maximum.
+    pub fn times(self, quantity: Quantity) -> Option<Money> {
+        self.0
+            .checked_mul(u64::from(quantity.get()))
+            .filter(|m| *m <= Self::MAX_MINOR_UNITS)
+            .map(Money)
+    }
+
+    /// `self + other`, or `None` past the maximum.
+    pub fn plus(self, other: Money) -> Option<Money> {
+        self.0
+            .checked_add(other.0)
+            .filter(|m| *m <= Self::MAX_MINOR_UNITS)
+            .map(Money)
     }
 }
 
@@ -207,6 +224,10 @@ impl OrderId {
 
     pub const fn from_uuid(uuid: Uuid) -> Self {
         Self(uuid)
+    }
+
+    pub const fn as_uuid(&self) -> Uuid {
+        self.0
     }
 }
 

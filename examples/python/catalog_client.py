@@ -9,7 +9,8 @@ requires, waits for the reply on a private queue, prints it as one line of JSON 
     python3 examples/python/catalog_client.py --product-id green-tea --stock 12
 
 Configuration: AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f) and
-EVENTLINE_NAMESPACE (default eventline), as for every eventline process.
+EVENTLINE_NAMESPACE (default eventline), as for every eventline process, and EVENTLINE_TOKEN:
+adding a product needs an admin session token (`eventline token --role admin`).
 """
 
 import argparse
@@ -48,6 +49,7 @@ def main() -> int:
 
     url = os.environ.get("AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/%2f"
     namespace = os.environ.get("EVENTLINE_NAMESPACE") or "eventline"
+    token = os.environ.get("EVENTLINE_TOKEN")
 
     try:
         connection = pika.BlockingConnection(pika.URLParameters(url))
@@ -79,6 +81,7 @@ def main() -> int:
             "x-causation-id": message_id,  # a conversation's first message causes itself
             "x-schema-version": 1,
             "x-occurred-at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            **({"x-auth-token": token} if token else {}),
         },
     )
     try:

@@ -10,12 +10,11 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use eventline::Client;
 use eventline_events::{Metadata, OutgoingMessage, Reply, Service};
-use eventline_workers::runtime::projection;
 use eventline_workers::runtime::relay::Relay;
 use eventline_workers::runtime::store::{self, EventStore};
-use eventline_workers::runtime::worker::CommandWorker;
+use eventline_workers::runtime::token;
 use eventline_workers::runtime::{Config, Shutdown};
-use eventline_workers::services::catalog::{Product, ProductsProjection};
+use eventline_workers::services;
 use futures_util::StreamExt;
 use tracing_subscriber::EnvFilter;
 
@@ -44,7 +43,8 @@ enum Command {
     },
     /// Run the relay that publishes committed events to the events exchange, in log order.
     Relay,
-    /// Publish a command and print its reply.
+    /// Publish a command and print its reply. A session token is taken from --token or
+    /// EVENTLINE_TOKEN.
     Send {
         /// The message type, e.g. catalog.reserve_stock (see schema/json).
         message_type: String,
@@ -60,6 +60,9 @@ enum Command {
         /// applied twice).
         #[arg(long)]
         message_id: Option<uuid::Uuid>,
+        /// Session token for commands that need one (or EVENTLINE_TOKEN).
+        #[arg(long, env = "EVENTLINE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Print events as the relay publishes them.
     Tail {
@@ -78,16 +81,69 @@ enum Command {
     },
     /// Print the catalog's products read model.
     Products,
+    /// Print the orders read model (optionally one customer's).
+    Orders {
+        #[arg(long)]
+        customer: Option<uuid::Uuid>,
+    },
+    /// Place an order and wait for its final outcome (confirmed, rejected or cancelled).
+    PlaceOrder {
+        /// Lines as product:quantity, e.g. tea:2 mug:1.
+        #[arg(required = true)]
+        lines: Vec<String>,
+        /// A card token: tok_visa, tok_declined, tok_insufficient_funds, tok_slow, …
+        #[arg(long, default_value = "tok_visa")]
+        card: String,
+        /// Seconds to wait for the outcome.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Print one conversation (a correlation id, e.g. an order id) as a causal tree: who
+    /// handled what, caused by what, recording which events. Ordered by causation, not clocks.
+    Trace { correlation_id: uuid::Uuid },
+    /// Print a fresh Ed25519 key pair for session tokens, as environment variables.
+    Keygen,
+    /// Mint a session token (operators: e.g. an admin token for catalog changes). Needs
+    /// EVENTLINE_AUTH_SIGNING_KEY.
+    Token {
+        #[arg(long, default_value = "admin")]
+        role: String,
+        #[arg(long)]
+        user: Option<uuid::Uuid>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+    },
     /// Run the whole system locally: fresh database and namespace, worker replicas, relay, two
     /// concurrent clients. Prints what happened.
     Demo(eventline::demo::DemoOptions),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let server_role = matches!(cli.command, Command::Worker { .. } | Command::Relay);
-    init_tracing(if server_role { "info" } else { "warn" });
+    init_tracing(if server_role {
+        "info,sqlx=warn"
+    } else {
+        "warn,sqlx=error"
+    });
     let config = Config::from_env()?;
     match cli.command {
         Command::Migrate => {
@@ -107,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
             no_wait,
             timeout,
             message_id,
+            token,
         } => {
             let body: serde_json::Value = serde_json::from_str(&body)
                 .with_context(|| format!("the body is not valid JSON: {body}"))?;
@@ -121,7 +178,10 @@ async fn main() -> anyhow::Result<()> {
                 body: body.to_string().into_bytes(),
                 extra_headers: Vec::new(),
             };
-            let client = Client::connect(&config.amqp_url, config.namespace.clone()).await?;
+            let mut client = Client::connect(&config.amqp_url, config.namespace.clone()).await?;
+            if let Some(token) = token {
+                client = client.with_token(token);
+            }
             if no_wait {
                 client.publish(&message).await?;
                 println!("sent {}", message.metadata.message_id);
@@ -131,7 +191,9 @@ async fn main() -> anyhow::Result<()> {
                     .await?;
                 print_reply(&reply, cli.json);
                 if !reply.is_accepted() {
-                    std::process::exit(2);
+                    client.close().await;
+                    // 1 = refused (as the Python example); errors exit with 2 (see main).
+                    std::process::exit(1);
                 }
             }
             client.close().await;
@@ -201,32 +263,105 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Orders { customer } => {
+            let store = EventStore::connect(&config.database_url, 1).await?;
+            let orders = eventline::demo::orders(&store, customer).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&orders)?);
+            } else {
+                for o in orders {
+                    println!(
+                        "{}  {:<10} total {:>8}  {}",
+                        o.order_id,
+                        o.status,
+                        o.total.map_or("-".into(), |t| t.to_string()),
+                        o.reason.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::PlaceOrder {
+            lines,
+            card,
+            timeout,
+        } => {
+            let token = std::env::var("EVENTLINE_TOKEN")
+                .context("place-order needs a customer session token in EVENTLINE_TOKEN (log in with `eventline send auth.log_in …`)")?;
+            let client = Client::connect(&config.amqp_url, config.namespace.clone())
+                .await?
+                .with_token(token);
+            let order =
+                eventline::client::parse_order(&lines, &card).map_err(anyhow::Error::msg)?;
+            let outcome = client
+                .place_order(&order, Duration::from_secs(timeout))
+                .await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                println!("order {}: {}", order.order_id, outcome);
+            }
+            client.close().await;
+            if outcome.status != "confirmed" {
+                std::process::exit(1);
+            }
+        }
+        Command::Trace { correlation_id } => {
+            let store = EventStore::connect(&config.database_url, 1).await?;
+            print!(
+                "{}",
+                eventline::trace::render(&store, correlation_id).await?
+            );
+        }
+        Command::Keygen => {
+            let key = token::generate_signing_key();
+            println!(
+                "EVENTLINE_AUTH_SIGNING_KEY={}",
+                token::encode_key(&key.to_bytes())
+            );
+            println!(
+                "EVENTLINE_AUTH_PUBLIC_KEY={}",
+                token::encode_key(&key.verifying_key().to_bytes())
+            );
+        }
+        Command::Token { role, user, ttl } => {
+            let signing = config.auth.signing.as_ref().context(
+                "EVENTLINE_AUTH_SIGNING_KEY is not set; generate keys with `eventline keygen`",
+            )?;
+            let role: eventline_events::auth::Role =
+                serde_json::from_value(serde_json::Value::String(role.clone()))
+                    .map_err(|_| anyhow::anyhow!("unknown role {role:?}; use admin or customer"))?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let claims = eventline_events::auth::Claims {
+                sub: user.map_or_else(
+                    eventline_events::auth::UserId::new,
+                    eventline_events::auth::UserId::from_uuid,
+                ),
+                role,
+                iat: now,
+                exp: now + ttl,
+            };
+            println!("{}", token::sign(&claims, &signing.0));
+        }
         Command::Demo(options) => eventline::demo::run(config, options).await?,
     }
     Ok(())
 }
 
 async fn run_worker(config: Config, service: Service) -> anyhow::Result<()> {
+    if service == Service::Auth && config.auth.signing.is_none() {
+        bail!(
+            "the auth worker needs EVENTLINE_AUTH_SIGNING_KEY to sign session tokens; \
+             generate keys with `eventline keygen`"
+        );
+    }
+    if config.auth.verifying.is_none() {
+        tracing::warn!(
+            "EVENTLINE_AUTH_PUBLIC_KEY is not set: commands that need a session token will be refused"
+        );
+    }
     let shutdown = Shutdown::on_signals();
     let store = wait_for_database(&config).await?;
-    match service {
-        Service::Catalog => {
-            let projection = tokio::spawn(projection::run(
-                ProductsProjection,
-                store.clone(),
-                shutdown.clone(),
-                tokio::sync::watch::Sender::new(0),
-            ));
-            CommandWorker::<Product>::new(config, store)
-                .run(shutdown)
-                .await;
-            projection.await?;
-        }
-        other => bail!(
-            "the {other} service is not built yet; this build runs: catalog. \
-             (auth, orders and payments are the next milestone)"
-        ),
-    }
+    services::run(service, config, store, shutdown).await;
     Ok(())
 }
 
@@ -258,11 +393,22 @@ fn print_reply(reply: &Reply, json: bool) {
         return;
     }
     match reply {
-        Reply::Accepted { stream_id, events } if events.is_empty() => {
+        Reply::Accepted {
+            stream_id,
+            events,
+            result,
+        } if events.is_empty() && result.is_none() => {
             println!("accepted: nothing to change in {stream_id} (already done)");
         }
-        Reply::Accepted { stream_id, events } => {
+        Reply::Accepted {
+            stream_id,
+            events,
+            result,
+        } => {
             println!("accepted: {stream_id}");
+            if let Some(result) = result {
+                println!("  result: {result}");
+            }
             for event in events {
                 println!(
                     "  v{} {} {}",

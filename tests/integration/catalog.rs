@@ -19,6 +19,7 @@ async fn a_command_round_trips_to_events_a_reply_and_the_read_model() {
     let Reply::Accepted {
         stream_id,
         events: recorded,
+        ..
     } = &reply
     else {
         panic!("add_product was not accepted: {reply:?}");

@@ -4,10 +4,13 @@
 mod support;
 
 mod append_only;
+mod auth;
 mod catalog;
 mod concurrency;
 mod crash;
 mod errors;
+mod load;
 mod poison;
 mod python_client;
 mod relay;
+mod saga;

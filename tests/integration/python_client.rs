@@ -14,12 +14,17 @@ async fn the_python_example_adds_a_product_and_reads_the_reply() {
     );
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let config = system.config.clone();
+    let token = system.token(
+        eventline_events::auth::Role::Admin,
+        std::time::Duration::from_secs(600),
+    );
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(script)
             .args(["--product-id", "py-tea", "--stock", "5"])
             .env("AMQP_URL", config.amqp_url.expose())
             .env("EVENTLINE_NAMESPACE", config.namespace.to_string())
+            .env("EVENTLINE_TOKEN", token)
             .output()
             .expect("python3 runs")
     })

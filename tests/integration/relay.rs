@@ -2,7 +2,7 @@
 //! transactions commit out of position order or roll back.
 
 use eventline_events::values::StreamId;
-use eventline_events::{EventId, MessageId};
+use eventline_events::{EventId, Metadata};
 use eventline_workers::runtime::relay::RelayProgress;
 use eventline_workers::runtime::store::{Claim, CommandTx, EventMetadata, NewEvent};
 use futures_util::StreamExt;
@@ -15,7 +15,7 @@ use crate::support::{PATIENCE, TestSystem};
 async fn open_append(system: &TestSystem, stream: &str) -> CommandTx {
     let Claim::New(mut tx) = system
         .store
-        .begin_command("test.appender", MessageId::new(), "test")
+        .begin_command("test.appender", &Metadata::origin("test.append"), "test")
         .await
         .unwrap()
     else {
@@ -69,7 +69,9 @@ async fn the_relay_waits_for_an_earlier_transaction_that_commits_late() {
 
     let early = open_append(&system, "early").await; // draws the lower position, commits last
     let late = open_append(&system, "late").await;
-    late.commit(&serde_json::Value::Null).await.unwrap();
+    late.commit(&serde_json::Value::Null, &serde_json::json!([]))
+        .await
+        .unwrap();
     let late_position = position_of(&system, "late").await;
 
     let seen = wait_polls(&mut progress, 3).await;
@@ -78,7 +80,10 @@ async fn the_relay_waits_for_an_earlier_transaction_that_commits_late() {
         "the relay published position {late_position} while an earlier position was uncommitted"
     );
 
-    early.commit(&serde_json::Value::Null).await.unwrap();
+    early
+        .commit(&serde_json::Value::Null, &serde_json::json!([]))
+        .await
+        .unwrap();
     let early_position = position_of(&system, "early").await;
     assert!(early_position < late_position);
     let first = tokio::time::timeout(PATIENCE, events.next())
@@ -106,7 +111,9 @@ async fn the_relay_skips_a_rolled_back_position_and_carries_on() {
     let mut progress = system.start_relay();
     let rolled_back = open_append(&system, "doomed").await;
     let kept = open_append(&system, "kept").await;
-    kept.commit(&serde_json::Value::Null).await.unwrap();
+    kept.commit(&serde_json::Value::Null, &serde_json::json!([]))
+        .await
+        .unwrap();
     let kept_position = position_of(&system, "kept").await;
     drop(rolled_back); // rolls back: its position is a permanent hole
     let reached = progress

@@ -10,28 +10,28 @@
 
 #![allow(dead_code)]
 
-mod services;
+mod infra;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use eventline::Client;
 use eventline::supervisor::Supervisor;
+use eventline_events::auth::{Claims, Role, UserId};
 use eventline_events::catalog::{AddProduct, CatalogCommand, ReserveStock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{Namespace, Reply, Service, Topology};
-use eventline_workers::runtime::broker;
-use eventline_workers::runtime::projection;
+use eventline_workers::runtime::config::{AuthKeys, PaymentSettings};
 use eventline_workers::runtime::relay::{Relay, RelayProgress};
 use eventline_workers::runtime::store::{self, EventStore};
-use eventline_workers::runtime::worker::CommandWorker;
 use eventline_workers::runtime::{Config, SecretUrl, Shutdown};
-use eventline_workers::services::catalog::{Product, ProductsProjection};
+use eventline_workers::runtime::{broker, token};
+use eventline_workers::services;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use services::services;
+pub use infra::services;
 
 /// How long any wait in a test may take before it fails with what it was waiting for.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -66,7 +66,6 @@ pub struct TestSystem {
     shutdown: Shutdown,
     tasks: JoinSet<()>,
     relay: Option<watch::Receiver<RelayProgress>>,
-    projection: Option<watch::Receiver<i64>>,
     processes: Option<Supervisor>,
     cleaned: bool,
 }
@@ -88,6 +87,7 @@ impl TestSystem {
             .await
             .expect("connect to the test database");
         store.migrate().await.expect("migrate the test database");
+        let signing = token::generate_signing_key();
         let config = Config {
             amqp_url: services.amqp_url.clone(),
             database_url,
@@ -95,6 +95,12 @@ impl TestSystem {
             replica: "test".into(),
             prefetch: 16,
             max_db_connections: 8,
+            auth: AuthKeys::from_signing(signing.clone()),
+            saga_timeout: Duration::from_secs(3),
+            payments: PaymentSettings {
+                slow_delay: Duration::from_secs(6),
+                ..PaymentSettings::default()
+            },
         };
         let topology = Topology::new(namespace.clone());
         // Declared up front so commands published before a worker starts are queued, not lost.
@@ -102,13 +108,16 @@ impl TestSystem {
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        broker::declare_service_queues(&channel, &topology, Service::Catalog)
-            .await
-            .unwrap();
+        for service in Service::ALL {
+            broker::declare_service_queues(&channel, &topology, service)
+                .await
+                .unwrap();
+        }
         let _ = connection.close(200, "ok".into()).await;
         let client = Client::connect(&config.amqp_url, namespace.clone())
             .await
-            .expect("connect the client");
+            .expect("connect the client")
+            .with_token(mint(&signing, Role::Admin, Duration::from_secs(3600)));
         Self {
             namespace,
             topology,
@@ -118,29 +127,74 @@ impl TestSystem {
             shutdown: Shutdown::new(),
             tasks: JoinSet::new(),
             relay: None,
-            projection: None,
             processes: None,
             cleaned: false,
         }
     }
 
-    /// A system with `replicas` in-process catalog workers and the products projection.
+    /// A system with `replicas` in-process catalog workers (each also runs the products
+    /// projection). The client holds an admin token.
     pub async fn with_catalog(replicas: usize) -> Self {
         let mut system = Self::start().await;
         for i in 1..=replicas {
             system.start_catalog_worker(&format!("catalog-{i}"));
         }
-        system.start_projection();
-        system.wait_for_catalog_consumers(replicas).await;
+        system.wait_for_consumers(Service::Catalog, replicas).await;
         system
     }
 
+    /// The whole seed system in-process: `replicas` of every service and the relay.
+    pub async fn with_all_services(replicas: usize) -> Self {
+        let mut system = Self::start().await;
+        for service in Service::ALL {
+            for i in 1..=replicas {
+                system.start_service(service, &format!("{service}-{i}"));
+            }
+        }
+        system.start_relay();
+        for service in Service::ALL {
+            system.wait_for_consumers(service, replicas).await;
+        }
+        system
+    }
+
+    /// Starts one in-process replica of a service (worker and projections).
+    pub fn start_service(&mut self, service: Service, replica: &str) {
+        let config = Config {
+            replica: replica.to_owned(),
+            ..self.config.clone()
+        };
+        self.tasks.spawn(services::run(
+            service,
+            config,
+            self.store.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// A session token signed with this system's key.
+    pub fn token(&self, role: Role, lifetime: Duration) -> String {
+        let signing = &self.config.auth.signing.as_ref().expect("test keys").0;
+        mint(signing, role, lifetime)
+    }
+
+    /// A client with its own connection and the given token.
+    pub async fn client_with_token(&self, token: Option<String>) -> Client {
+        let client = Client::connect(&self.config.amqp_url, self.namespace.clone())
+            .await
+            .unwrap();
+        match token {
+            Some(token) => client.with_token(token),
+            None => client,
+        }
+    }
+
     /// Waits until `n` consumers are attached to the catalog's command queue.
-    pub async fn wait_for_catalog_consumers(&self, n: usize) {
+    pub async fn wait_for_consumers(&self, service: Service, n: usize) {
         let connection = broker::connect(&self.config.amqp_url, "test probe")
             .await
             .unwrap();
-        let queue = self.topology.command_queue(Service::Catalog);
+        let queue = self.topology.command_queue(service);
         eventually(&format!("{n} consumers on {queue}"), || {
             let connection = &connection;
             let queue = queue.clone();
@@ -174,23 +228,7 @@ impl TestSystem {
     }
 
     pub fn start_catalog_worker(&mut self, replica: &str) {
-        let config = Config {
-            replica: replica.to_owned(),
-            ..self.config.clone()
-        };
-        let worker = CommandWorker::<Product>::new(config, self.store.clone());
-        self.tasks.spawn(worker.run(self.shutdown.clone()));
-    }
-
-    pub fn start_projection(&mut self) {
-        let (tx, rx) = watch::channel(0);
-        self.projection = Some(rx);
-        self.tasks.spawn(projection::run(
-            ProductsProjection,
-            self.store.clone(),
-            self.shutdown.clone(),
-            tx,
-        ));
+        self.start_service(Service::Catalog, replica);
     }
 
     /// Starts the relay; returns its progress.
@@ -216,6 +254,22 @@ impl TestSystem {
                     ),
                     ("EVENTLINE_NAMESPACE".into(), config.namespace.to_string()),
                     ("EVENTLINE_PREFETCH".into(), "16".into()),
+                    (
+                        "EVENTLINE_SAGA_TIMEOUT_MS".into(),
+                        config.saga_timeout.as_millis().to_string(),
+                    ),
+                    (
+                        "EVENTLINE_AUTH_SIGNING_KEY".into(),
+                        token::encode_key(
+                            &config
+                                .auth
+                                .signing
+                                .as_ref()
+                                .expect("test keys")
+                                .0
+                                .to_bytes(),
+                        ),
+                    ),
                     ("RUST_LOG".into(), "info".into()),
                 ],
                 std::env::temp_dir().join(format!("eventline-{}", config.namespace)),
@@ -268,18 +322,25 @@ impl TestSystem {
 
     /// Waits until the products projection has applied everything in the log.
     pub async fn wait_for_projection(&self) {
+        self.wait_for_checkpoint("projection.catalog_products")
+            .await;
+    }
+
+    /// Waits until the reader named `checkpoint` has passed everything now in the log.
+    pub async fn wait_for_checkpoint(&self, checkpoint: &str) {
         let max = self
             .count("SELECT coalesce(max(position), 0) FROM event_log")
             .await;
-        let mut progress = self.projection.clone().expect("start_projection first");
-        eventually("the products projection to catch up", || {
-            let at = *progress.borrow_and_update();
-            async move {
-                if at >= max {
-                    Ok(())
-                } else {
-                    Err(format!("at {at} of {max}"))
-                }
+        eventually(&format!("{checkpoint} to catch up"), || async {
+            let at = self
+                .store
+                .checkpoint(checkpoint)
+                .await
+                .map_err(|e| e.to_string())?;
+            if at >= max {
+                Ok(())
+            } else {
+                Err(format!("at {at} of {max}"))
             }
         })
         .await;
@@ -357,6 +418,18 @@ async fn cleanup(amqp_url: &SecretUrl, topology: &Topology, database_url: &Secre
         let _ = connection.close(200, "cleanup".into()).await;
     }
     let _ = store::drop_database(database_url).await;
+}
+
+/// Signs a token for a new user with `role`, valid for `lifetime` (negative: already expired).
+pub fn mint(signing: &ed25519_dalek::SigningKey, role: Role, lifetime: Duration) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = Claims {
+        sub: UserId::new(),
+        role,
+        iat: now,
+        exp: now + lifetime.as_secs() as i64,
+    };
+    token::sign(&claims, signing)
 }
 
 pub fn product(id: &str) -> ProductId {

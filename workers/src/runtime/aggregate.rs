@@ -1,33 +1,144 @@
-//! What a service implements: a pure decision function over one stream.
+//! What most services implement: a pure decision function over one stream.
 //!
-//! `decide` and `apply` do no I/O, so a service's rules are tested as plain functions
-//! (given events, when command, then events or rejection) and the runtime owns every side
-//! effect: loading, appending, retrying, replying.
+//! `decide`, `apply` and `dispatch` do no I/O, so a service's rules are tested as plain
+//! functions (given events, when command, then events or rejection) and [`AggregateHandler`]
+//! does the rest: load, decide, append with the expected version, reply.
 
+use std::marker::PhantomData;
+
+use eventline_events::reply::ReplyEvent;
 use eventline_events::values::StreamId;
-use eventline_events::{Contract, Service};
+use eventline_events::{Contract, EventId, Rejection, Reply, Service};
 
-/// A consistency boundary: one stream, its state, and the rules for changing it.
-pub trait Aggregate: Default + Send + Sync + 'static {
-    type Command: Contract + Send + Sync + 'static;
+use super::handler::{Context, Dispatch, Handled, Handler, HandlerError};
+use super::store::{CommandTx, EventMetadata, NewEvent, StoreError};
+
+/// A stream's state, folded from its events.
+pub trait State: Default + Send + Sync + 'static {
     type Event: Contract + Send + Sync + 'static;
-    type Rejection: RejectionReason;
-
-    /// The service whose command queue feeds this aggregate.
-    const SERVICE: Service;
-
-    /// The stream a command is about.
-    fn stream_id(command: &Self::Command) -> StreamId;
-
-    /// The events that carrying out `command` records, or why it cannot be carried out.
-    /// An empty list means "already done": the command is accepted and nothing changes.
-    fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Rejection>;
 
     /// The state after `event`. Never fails: events are facts that already happened.
     fn apply(&mut self, event: &Self::Event);
 }
 
+/// A consistency boundary: one stream, its state, and the rules for changing it.
+pub trait Aggregate: State {
+    type Command: Contract + Send + Sync + 'static;
+    type Rejection: RejectionReason;
+
+    /// The service whose command queue feeds this aggregate.
+    const SERVICE: Service;
+    /// Whether the service also consumes replies to the commands it dispatches.
+    const CONSUMES_REPLIES: bool = false;
+
+    /// The stream a message is about.
+    fn stream_id(command: &Self::Command, ctx: &Context<'_>) -> StreamId;
+
+    /// The events that carrying out `command` records, or why it cannot be carried out.
+    /// An empty list means "already done": the command is accepted and nothing changes.
+    fn decide(
+        &self,
+        command: &Self::Command,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<Self::Event>, Self::Rejection>;
+
+    /// Messages to send because `event` was just recorded (state already includes it).
+    /// Sagas use this; plain aggregates send nothing.
+    fn dispatch(&self, _event: &Self::Event, _ctx: &Context<'_>) -> Vec<Dispatch> {
+        Vec::new()
+    }
+}
+
 /// A domain rejection: a normal outcome, reported to the sender with a stable code.
 pub trait RejectionReason: std::error::Error + Send + Sync + 'static {
     fn code(&self) -> &'static str;
+}
+
+/// Runs an [`Aggregate`] as a [`Handler`].
+pub struct AggregateHandler<A>(PhantomData<fn() -> A>);
+
+impl<A> Default for AggregateHandler<A> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+/// Replays a stream into its aggregate; returns the state and the stream's version.
+pub async fn load<S: State>(
+    tx: &mut CommandTx,
+    stream_id: &StreamId,
+) -> Result<(S, i64), StoreError> {
+    let mut state = S::default();
+    let mut version = 0;
+    for (event_version, event_type, data) in tx.load_stream(stream_id).await? {
+        let event = S::Event::from_json(&event_type, data).map_err(|e| {
+            StoreError::Corrupt(format!("{stream_id} version {event_version}: {e}"))
+        })?;
+        state.apply(&event);
+        version = event_version;
+    }
+    Ok((state, version))
+}
+
+impl<A: Aggregate> Handler for AggregateHandler<A> {
+    type Command = A::Command;
+    const SERVICE: Service = A::SERVICE;
+    const CONSUMES_REPLIES: bool = A::CONSUMES_REPLIES;
+
+    async fn handle(
+        &self,
+        tx: &mut CommandTx,
+        ctx: &Context<'_>,
+        command: &A::Command,
+    ) -> Result<Handled, HandlerError> {
+        let stream_id = A::stream_id(command, ctx);
+        let (mut state, version) = load::<A>(tx, &stream_id).await?;
+        let events = match state.decide(command, ctx) {
+            Err(rejection) => {
+                return Ok(Handled::reply(Reply::Rejected {
+                    reason: Rejection::new(rejection.code(), rejection.to_string()),
+                }));
+            }
+            Ok(events) => events,
+        };
+        let new_events: Vec<NewEvent> = events
+            .iter()
+            .map(|event| NewEvent {
+                event_id: EventId::new(),
+                event_type: event.message_type(),
+                data: event.to_json(),
+            })
+            .collect();
+        tx.append(
+            &stream_id,
+            version,
+            &new_events,
+            &EventMetadata::for_command(ctx),
+        )
+        .await?;
+        let mut dispatch = Vec::new();
+        for event in &events {
+            state.apply(event);
+            dispatch.extend(state.dispatch(event, ctx));
+        }
+        let reply = Reply::Accepted {
+            stream_id,
+            events: new_events
+                .into_iter()
+                .zip(version + 1..)
+                .map(|(event, v)| ReplyEvent {
+                    event_id: event.event_id,
+                    message_type: event.event_type.to_owned(),
+                    stream_version: v as u64,
+                    data: event.data,
+                })
+                .collect(),
+            result: None,
+        };
+        Ok(Handled {
+            reply,
+            stored_reply: None,
+            dispatch,
+        })
+    }
 }

@@ -156,6 +156,36 @@ pub async fn declare_service_queues(
         .queue_declare(topology.retry_queue(service).into(), durable, args)
         .await?;
 
+    // Replies to the commands this service sends (only sagas consume it; declaring it for
+    // every service keeps the topology uniform). Quorum and dead-lettered like commands.
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        text(&topology.dead_letter_exchange()),
+    );
+    args.insert("x-dead-letter-routing-key".into(), text(routing_key));
+    channel
+        .queue_declare(topology.reply_queue(service).into(), durable, args)
+        .await?;
+
+    // Timers: each message carries its own expiration; when it expires the broker delivers it
+    // to the service's command queue. All of a service's timers have the same length, so
+    // first-in is first-out and no message waits behind a longer one.
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        text(&topology.commands_exchange()),
+    );
+    args.insert("x-dead-letter-routing-key".into(), text(routing_key));
+    channel
+        .queue_declare(topology.delay_queue(service).into(), durable, args)
+        .await?;
+
     let dead_letters = topology.dead_letter_queue(service);
     channel
         .queue_declare(dead_letters.as_str().into(), durable, FieldTable::default())

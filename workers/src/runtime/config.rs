@@ -2,6 +2,7 @@
 //! logs and errors.
 
 use std::fmt;
+use std::time::Duration;
 
 use eventline_events::Namespace;
 
@@ -114,6 +115,59 @@ pub struct Config {
     pub prefetch: u16,
     /// Database connections per process.
     pub max_db_connections: u32,
+    pub auth: AuthKeys,
+    /// How long the order saga waits for catalog and payments before cancelling an order.
+    pub saga_timeout: Duration,
+    pub payments: PaymentSettings,
+}
+
+/// The keys for session tokens. Every service needs the public key to verify tokens; only
+/// auth needs the signing key.
+#[derive(Clone, Debug, Default)]
+pub struct AuthKeys {
+    pub verifying: Option<ed25519_dalek::VerifyingKey>,
+    pub signing: Option<SigningKey>,
+}
+
+/// A signing key whose `Debug` never shows it.
+#[derive(Clone)]
+pub struct SigningKey(pub ed25519_dalek::SigningKey);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(***)")
+    }
+}
+
+impl AuthKeys {
+    /// Keys for a signing key: the public half is derived from it.
+    pub fn from_signing(key: ed25519_dalek::SigningKey) -> Self {
+        Self {
+            verifying: Some(key.verifying_key()),
+            signing: Some(SigningKey(key)),
+        }
+    }
+}
+
+/// The simulated payment provider's behaviour (see `services::payments::provider`).
+#[derive(Clone, Debug)]
+pub struct PaymentSettings {
+    /// Added to every provider call.
+    pub latency: Duration,
+    /// Percentage of calls (0 to 100) that fail transiently, to exercise retries.
+    pub failure_percent: u32,
+    /// How long `tok_slow` takes: longer than the saga timeout by default.
+    pub slow_delay: Duration,
+}
+
+impl Default for PaymentSettings {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            failure_percent: 0,
+            slow_delay: Duration::from_secs(15),
+        }
+    }
 }
 
 /// The default broker: the local RabbitMQ of a development machine.
@@ -122,6 +176,21 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/eventline";
 
 impl Config {
+    /// The defaults: local services, namespace `eventline`, no auth keys.
+    pub fn local() -> Self {
+        Self {
+            amqp_url: SecretUrl::new(DEFAULT_AMQP_URL),
+            database_url: SecretUrl::new(DEFAULT_DATABASE_URL),
+            namespace: Namespace::default(),
+            replica: default_replica_name(),
+            prefetch: 64,
+            max_db_connections: 8,
+            auth: AuthKeys::default(),
+            saga_timeout: Duration::from_secs(10),
+            payments: PaymentSettings::default(),
+        }
+    }
+
     /// Reads `AMQP_URL`, `DATABASE_URL`, `EVENTLINE_NAMESPACE`, `EVENTLINE_REPLICA`,
     /// `EVENTLINE_PREFETCH` and `EVENTLINE_DB_CONNECTIONS`, each with a local default.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -133,28 +202,64 @@ impl Config {
             })?,
             None => Namespace::default(),
         };
-        let number = |name: &'static str, default: u32, max: u32| -> Result<u32, ConfigError> {
-            match var(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=max).contains(n))
-                    .ok_or_else(|| ConfigError::Invalid {
+        let number =
+            |name: &'static str, default: u32, min: u32, max: u32| -> Result<u32, ConfigError> {
+                match var(name) {
+                    None => Ok(default),
+                    Some(v) => v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (min..=max).contains(n))
+                        .ok_or_else(|| ConfigError::Invalid {
+                            name,
+                            reason: format!("{v:?} is not a whole number from {min} to {max}"),
+                        }),
+                }
+            };
+        let key = |name: &'static str| -> Result<Option<[u8; 32]>, ConfigError> {
+            var(name)
+                .map(|v| {
+                    super::token::decode_key(&v).ok_or(ConfigError::Invalid {
                         name,
-                        reason: format!("{v:?} is not a whole number from 1 to {max}"),
-                    }),
-            }
+                        reason: "not a base64url-encoded 32-byte key (generate one with `eventline keygen`)"
+                            .to_owned(),
+                    })
+                })
+                .transpose()
+        };
+        let mut auth = match key("EVENTLINE_AUTH_SIGNING_KEY")? {
+            Some(seed) => AuthKeys::from_signing(ed25519_dalek::SigningKey::from_bytes(&seed)),
+            None => AuthKeys::default(),
+        };
+        if let Some(public) = key("EVENTLINE_AUTH_PUBLIC_KEY")? {
+            auth.verifying = Some(ed25519_dalek::VerifyingKey::from_bytes(&public).map_err(
+                |_| ConfigError::Invalid {
+                    name: "EVENTLINE_AUTH_PUBLIC_KEY",
+                    reason: "not a valid Ed25519 public key".to_owned(),
+                },
+            )?);
+        }
+        let millis = |name: &'static str, default: u32| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_millis(u64::from(number(
+                name, default, 0, 86_400_000,
+            )?)))
         };
         Ok(Self {
+            auth,
+            saga_timeout: millis("EVENTLINE_SAGA_TIMEOUT_MS", 10_000)?,
+            payments: PaymentSettings {
+                latency: millis("EVENTLINE_PAYMENT_LATENCY_MS", 0)?,
+                failure_percent: number("EVENTLINE_PAYMENT_FAILURE_PERCENT", 0, 0, 100)?,
+                slow_delay: millis("EVENTLINE_PAYMENT_SLOW_MS", 15_000)?,
+            },
             amqp_url: SecretUrl::new(var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into())),
             database_url: SecretUrl::new(
                 var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
             ),
             namespace,
             replica: var("EVENTLINE_REPLICA").unwrap_or_else(default_replica_name),
-            prefetch: number("EVENTLINE_PREFETCH", 64, 1000)? as u16,
-            max_db_connections: number("EVENTLINE_DB_CONNECTIONS", 8, 200)?,
+            prefetch: number("EVENTLINE_PREFETCH", 64, 1, 1000)? as u16,
+            max_db_connections: number("EVENTLINE_DB_CONNECTIONS", 8, 1, 200)?,
         })
     }
 }

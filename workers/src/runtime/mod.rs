@@ -1,20 +1,23 @@
 //! The runtime: everything between the wire and a service's pure domain logic.
 //!
 //! Reading order: [`config`] → [`broker`] (names → AMQP) → [`store`] (the log, the inbox) →
-//! [`aggregate`] (what a service implements) → [`worker`] (the consume loop and the single
+//! [`handler`] / [`aggregate`] (what a service implements) → [`worker`] (the consume loop and the single
 //! place that decides ack, retry or dead-letter) → [`log_reader`] → [`relay`] / [`projection`].
 
 pub mod aggregate;
 pub mod backoff;
 pub mod broker;
 pub mod config;
+pub mod handler;
 pub mod log_reader;
 pub mod projection;
 pub mod relay;
 pub mod shutdown;
 pub mod store;
+pub mod token;
 pub mod worker;
 
-pub use aggregate::{Aggregate, RejectionReason};
+pub use aggregate::{Aggregate, AggregateHandler, RejectionReason, State};
 pub use config::{Config, ConfigError, SecretUrl};
+pub use handler::{Context, Dispatch, Handled, Handler, HandlerError};
 pub use shutdown::Shutdown;

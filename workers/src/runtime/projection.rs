@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
-use super::log_reader::LogReader;
+use super::log_reader::{HOLE_POLL_INTERVAL, LogReader};
 use super::shutdown::Shutdown;
 use super::store::{EventStore, RecordedEvent, StoreError, save_checkpoint};
 
@@ -73,8 +73,14 @@ async fn follow<P: Projection>(
         let from = reader.position();
         let batch = reader.next_batch(&mut conn).await?;
         if batch.is_empty() {
+            // At a hole the writer is usually a millisecond from committing: look again soon.
+            let wait = if reader.waiting_on_hole() {
+                HOLE_POLL_INTERVAL
+            } else {
+                POLL_INTERVAL
+            };
             tokio::select! {
-                () = tokio::time::sleep(POLL_INTERVAL) => continue,
+                () = tokio::time::sleep(wait) => continue,
                 () = shutdown.triggered() => return Ok(()),
             }
         }

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::backoff::Backoff;
 use super::broker::{self, BrokerError};
 use super::config::Config;
-use super::log_reader::LogReader;
+use super::log_reader::{HOLE_POLL_INTERVAL, LogReader};
 use super::shutdown::Shutdown;
 use super::store::{EventStore, RecordedEvent, StoreError, save_checkpoint};
 
@@ -138,8 +138,14 @@ impl Relay {
             let batch = reader.next_batch(&mut conn).await?;
             self.progress.send_modify(|p| p.polls += 1);
             if batch.is_empty() {
+                // At a hole the writer is usually a millisecond from committing.
+                let wait = if reader.waiting_on_hole() {
+                    HOLE_POLL_INTERVAL
+                } else {
+                    POLL_INTERVAL
+                };
                 tokio::select! {
-                    () = tokio::time::sleep(POLL_INTERVAL) => continue,
+                    () = tokio::time::sleep(wait) => continue,
                     () = shutdown.triggered() => break,
                 }
             }
@@ -190,7 +196,7 @@ pub fn outgoing(event: &RecordedEvent) -> OutgoingMessage {
         causation_id: event.metadata.causation_id,
         message_type: event.event_type.clone(),
         schema_version: u16::try_from(event.schema_version).unwrap_or(SCHEMA_VERSION),
-        occurred_at: time::OffsetDateTime::now_utc(),
+        occurred_at: event.recorded_at,
         reply_to: None,
     };
     OutgoingMessage {

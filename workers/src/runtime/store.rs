@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use eventline_events::values::StreamId;
-use eventline_events::{CausationId, CorrelationId, EventId, MessageId};
+use eventline_events::{CausationId, CorrelationId, EventId, MessageId, Metadata};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -69,6 +69,17 @@ pub struct EventMetadata {
     pub recorded_by: String,
 }
 
+impl EventMetadata {
+    /// Metadata for events recorded while handling the message in `ctx`.
+    pub fn for_command(ctx: &super::handler::Context<'_>) -> Self {
+        Self {
+            correlation_id: ctx.metadata.correlation_id,
+            causation_id: ctx.metadata.message_id.into(),
+            recorded_by: ctx.config.replica.clone(),
+        }
+    }
+}
+
 /// An event about to be appended.
 #[derive(Clone, Debug)]
 pub struct NewEvent {
@@ -88,6 +99,7 @@ pub struct RecordedEvent {
     pub schema_version: i32,
     pub data: serde_json::Value,
     pub metadata: EventMetadata,
+    pub recorded_at: time::OffsetDateTime,
 }
 
 /// Handle to the database. Cheap to clone.
@@ -147,17 +159,21 @@ impl EventStore {
     pub async fn begin_command(
         &self,
         consumer: &str,
-        message_id: MessageId,
+        message: &Metadata,
         handled_by: &str,
     ) -> Result<Claim, StoreError> {
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
-            "INSERT INTO processed_messages (consumer, message_id, handled_by) \
-             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            "INSERT INTO processed_messages \
+                 (consumer, message_id, handled_by, correlation_id, causation_id, message_type) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(consumer)
-        .bind(message_id.as_uuid())
+        .bind(message.message_id.as_uuid())
         .bind(handled_by)
+        .bind(message.correlation_id.as_uuid())
+        .bind(message.causation_id.as_uuid())
+        .bind(&message.message_type)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -166,18 +182,18 @@ impl EventStore {
             return Ok(Claim::New(CommandTx {
                 tx,
                 consumer: consumer.to_owned(),
-                message_id,
+                message_id: message.message_id,
             }));
         }
-        let reply: Option<serde_json::Value> = sqlx::query_scalar(
-            "SELECT reply FROM processed_messages WHERE consumer = $1 AND message_id = $2",
+        let (reply, outputs): (Option<serde_json::Value>, serde_json::Value) = sqlx::query_as(
+            "SELECT reply, outputs FROM processed_messages WHERE consumer = $1 AND message_id = $2",
         )
         .bind(consumer)
-        .bind(message_id.as_uuid())
+        .bind(message.message_id.as_uuid())
         .fetch_one(&mut *tx)
         .await?;
         tx.rollback().await?;
-        Ok(Claim::Duplicate(reply))
+        Ok(Claim::Duplicate { reply, outputs })
     }
 
     /// The log from `after` on, in position order, at most `limit` rows.
@@ -188,7 +204,7 @@ impl EventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
-                    data, metadata \
+                    data, metadata, recorded_at \
              FROM event_log WHERE position > $1 ORDER BY position LIMIT $2",
         )
         .bind(after)
@@ -292,14 +308,18 @@ fn recorded_event(row: sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreErro
         schema_version: row.try_get("schema_version")?,
         data: row.try_get("data")?,
         metadata,
+        recorded_at: row.try_get("recorded_at")?,
     })
 }
 
 /// The result of claiming a message id.
 pub enum Claim {
     New(CommandTx),
-    /// Handled before; the reply it got then (none if it was handled without one).
-    Duplicate(Option<serde_json::Value>),
+    /// Handled before: the reply it got then, and the messages it dispatched.
+    Duplicate {
+        reply: Option<serde_json::Value>,
+        outputs: serde_json::Value,
+    },
 }
 
 /// A command's open transaction, after its inbox claim.
@@ -310,6 +330,11 @@ pub struct CommandTx {
 }
 
 impl CommandTx {
+    /// The transaction's connection, for a service's own tables (auth's credentials).
+    pub fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
+
     /// Every event of a stream, in version order.
     pub async fn load_stream(
         &mut self,
@@ -373,14 +398,21 @@ impl CommandTx {
         Ok(())
     }
 
-    /// Stores the reply with the inbox row and commits everything at once.
-    pub async fn commit(mut self, reply: &serde_json::Value) -> Result<(), StoreError> {
+    /// Stores the reply and the dispatched messages with the inbox row and commits everything
+    /// at once.
+    pub async fn commit(
+        mut self,
+        reply: &serde_json::Value,
+        outputs: &serde_json::Value,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE processed_messages SET reply = $3 WHERE consumer = $1 AND message_id = $2",
+            "UPDATE processed_messages SET reply = $3, outputs = $4 \
+             WHERE consumer = $1 AND message_id = $2",
         )
         .bind(&self.consumer)
         .bind(self.message_id.as_uuid())
         .bind(reply)
+        .bind(outputs)
         .execute(&mut *self.tx)
         .await?;
         self.tx.commit().await?;

@@ -14,14 +14,14 @@
 //! with backoff a few times, then the command is parked in the retry queue, a bounded number
 //! of rounds, and finally dead-lettered with the last error as reason — never requeued forever.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventline_events::auth::TOKEN_HEADER;
 use eventline_events::envelope::{HeaderValue, headers};
-use eventline_events::reply::{REPLY_TYPE, ReplyEvent};
+use eventline_events::reply::REPLY_TYPE;
 use eventline_events::{
-    Contract, DecodeError, EventId, IncomingMessage, Metadata, OutgoingMessage, Rejection, Reply,
+    DecodeError, IncomingMessage, Metadata, OutgoingMessage, Rejection, Reply, SCHEMA_VERSION,
     Topology,
 };
 use futures_util::StreamExt;
@@ -32,12 +32,13 @@ use lapin::{BasicProperties, Channel};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::aggregate::{Aggregate, RejectionReason};
 use super::backoff::Backoff;
 use super::broker::{self, BrokerError};
 use super::config::Config;
+use super::handler::{Context, Destination, Dispatch, Handled, Handler, HandlerError};
 use super::shutdown::Shutdown;
-use super::store::{Claim, EventMetadata, EventStore, NewEvent, StoreError};
+use super::store::{Claim, EventStore, StoreError};
+use super::token::{self, Principal, TokenError};
 
 /// Immediate re-decides after a version conflict before the command counts as a transient failure.
 const MAX_CONFLICT_RETRIES: u32 = 20;
@@ -46,41 +47,44 @@ const IN_PROCESS_ATTEMPTS: u32 = 3;
 /// Rounds through the retry queue before the command is dead-lettered.
 pub const MAX_RETRY_ROUNDS: i64 = 10;
 
-/// How handling a command ended, before the ack decision.
+/// How handling a message ended, before the ack decision.
 #[derive(Debug)]
 enum Outcome {
-    /// Committed (or found already committed); reply and ack.
-    Handled(Reply),
+    /// Committed (or found already committed): send the dispatches and the reply, then ack.
+    Handled {
+        reply: Reply,
+        dispatch: Vec<Dispatch>,
+    },
     /// Cannot ever succeed: dead-letter with this reason.
     Poison { code: &'static str, reason: String },
     /// May succeed later.
-    Transient(StoreError),
+    Transient(String),
 }
 
-/// A replica of one service's command consumer.
-pub struct CommandWorker<A: Aggregate> {
+/// A replica of one service's worker.
+pub struct CommandWorker<H: Handler> {
     config: Config,
     topology: Topology,
     store: EventStore,
-    _aggregate: PhantomData<fn() -> A>,
+    handler: H,
 }
 
 struct Session {
     publisher: Channel,
 }
 
-impl<A: Aggregate> CommandWorker<A> {
-    pub fn new(config: Config, store: EventStore) -> Self {
+impl<H: Handler> CommandWorker<H> {
+    pub fn new(config: Config, store: EventStore, handler: H) -> Self {
         Self {
             topology: Topology::new(config.namespace.clone()),
             config,
             store,
-            _aggregate: PhantomData,
+            handler,
         }
     }
 
     fn inbox_name() -> String {
-        format!("{}.commands", A::SERVICE)
+        format!("{}.commands", H::SERVICE)
     }
 
     /// Runs until `shutdown` fires, reconnecting to the broker with backoff whenever the
@@ -92,7 +96,7 @@ impl<A: Aggregate> CommandWorker<A> {
             match this.clone().session(&shutdown).await {
                 Ok(()) => return,
                 Err(error) => {
-                    warn!(%error, service = %A::SERVICE, "broker session ended; reconnecting");
+                    warn!(%error, service = %H::SERVICE, "broker session ended; reconnecting");
                     if !backoff.wait(shutdown.token()).await {
                         return;
                     }
@@ -103,27 +107,38 @@ impl<A: Aggregate> CommandWorker<A> {
 
     /// One connection's lifetime: declare, consume, and on shutdown drain in-flight work.
     async fn session(self: Arc<Self>, shutdown: &Shutdown) -> Result<(), BrokerError> {
-        let role = format!("{} worker {}", A::SERVICE, self.config.replica);
+        let role = format!("{} worker {}", H::SERVICE, self.config.replica);
         let connection = broker::connect(&self.config.amqp_url, &role).await?;
         let consume = connection.create_channel().await?;
-        broker::declare_service_queues(&consume, &self.topology, A::SERVICE).await?;
+        broker::declare_service_queues(&consume, &self.topology, H::SERVICE).await?;
         consume
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await?;
         let session = Arc::new(Session {
             publisher: broker::confirm_channel(&connection).await?,
         });
-        let queue = self.topology.command_queue(A::SERVICE);
-        let tag = format!("{}-{}", self.config.replica, uuid::Uuid::now_v7().simple());
-        let mut consumer = consume
-            .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        info!(%queue, replica = %self.config.replica, prefetch = self.config.prefetch, "consuming");
+        let mut queues = vec![self.topology.command_queue(H::SERVICE)];
+        if H::CONSUMES_REPLIES {
+            queues.push(self.topology.reply_queue(H::SERVICE));
+        }
+        let mut tags = Vec::new();
+        let mut consumers = Vec::new();
+        for queue in &queues {
+            let tag = format!("{}-{}", self.config.replica, uuid::Uuid::now_v7().simple());
+            consumers.push(
+                consume
+                    .basic_consume(
+                        queue.as_str().into(),
+                        tag.as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?,
+            );
+            tags.push(tag);
+        }
+        let mut deliveries = futures_util::stream::select_all(consumers);
+        info!(queues = ?queues, replica = %self.config.replica, prefetch = self.config.prefetch, "consuming");
 
         // Deliveries are handled concurrently; the broker's prefetch bounds how many.
         let mut in_flight = JoinSet::new();
@@ -131,23 +146,25 @@ impl<A: Aggregate> CommandWorker<A> {
             tokio::select! {
                 () = shutdown.triggered() => break Ok(()),
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                next = consumer.next() => match next {
+                next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let this = self.clone();
                         let session = session.clone();
                         in_flight.spawn(async move { this.process(&session, delivery).await });
                     }
                     Some(Err(error)) => break Err(BrokerError::Amqp(error)),
-                    None => break Err(BrokerError::ConsumerCancelled(queue.clone())),
+                    None => break Err(BrokerError::ConsumerCancelled(queues.join(", "))),
                 },
             }
         };
         // Stop new deliveries, finish the ones we hold (each commits, replies and acks), then
         // close: whatever the broker still had in flight for us goes back to the queue.
         if result.is_ok() {
-            let _ = consume
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+            for tag in &tags {
+                let _ = consume
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await;
+            }
         }
         while in_flight.join_next().await.is_some() {}
         if result.is_ok() {
@@ -162,7 +179,7 @@ impl<A: Aggregate> CommandWorker<A> {
         let metadata = message.metadata().ok();
         let span = info_span!(
             "message",
-            service = %A::SERVICE,
+            service = %H::SERVICE,
             replica = %self.config.replica,
             message_id = metadata.as_ref().map(|m| m.message_id.to_string()).unwrap_or_default(),
             correlation_id = metadata.as_ref().map(|m| m.correlation_id.to_string()).unwrap_or_default(),
@@ -179,20 +196,42 @@ impl<A: Aggregate> CommandWorker<A> {
         .await
     }
 
+    /// The sender's identity, from the token header, checked with the public key.
+    fn principal(&self, message: &IncomingMessage) -> Result<Principal, TokenError> {
+        let token = match message.headers.get(TOKEN_HEADER) {
+            Some(HeaderValue::Text(token)) => token,
+            Some(_) => return Err(TokenError::Malformed),
+            None => return Err(TokenError::Missing),
+        };
+        let key = self
+            .config
+            .auth
+            .verifying
+            .as_ref()
+            .ok_or(TokenError::NoKey)?;
+        token::verify(token, key, time::OffsetDateTime::now_utc().unix_timestamp())
+    }
+
     /// Decodes and handles a message, retrying conflicts at once and transient failures
     /// with a short backoff.
     async fn handle(&self, message: &IncomingMessage) -> Outcome {
-        let (metadata, command) = match message.decode::<A::Command>() {
+        let (metadata, command) = match message.decode::<H::Command>() {
             Ok(decoded) => decoded,
             Err(error) => return poison(&error),
+        };
+        let principal = self.principal(message);
+        let ctx = Context {
+            metadata: &metadata,
+            principal: &principal,
+            config: &self.config,
         };
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.handle_once(&metadata, &command).await {
-                Ok(reply) => return Outcome::Handled(reply),
-                Err(StoreError::Corrupt(reason)) => {
+            match self.handle_once(&ctx, &command).await {
+                Ok(outcome) => return outcome,
+                Err(HandlerError::Store(StoreError::Corrupt(reason))) => {
                     return Outcome::Poison {
                         code: "unreadable_stream",
                         reason,
@@ -202,7 +241,7 @@ impl<A: Aggregate> CommandWorker<A> {
                     warn!(%error, attempt, "transient failure; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
-                Err(error) => return Outcome::Transient(error),
+                Err(error) => return Outcome::Transient(error.to_string()),
             }
         }
     }
@@ -211,90 +250,51 @@ impl<A: Aggregate> CommandWorker<A> {
     /// so the next attempt sees its events and decides on fresh state).
     async fn handle_once(
         &self,
-        metadata: &Metadata,
-        command: &A::Command,
-    ) -> Result<Reply, StoreError> {
-        let stream_id = A::stream_id(command);
+        ctx: &Context<'_>,
+        command: &H::Command,
+    ) -> Result<Outcome, HandlerError> {
         let mut conflicts = 0;
         loop {
             let mut tx = match self
                 .store
-                .begin_command(
-                    &Self::inbox_name(),
-                    metadata.message_id,
-                    &self.config.replica,
-                )
+                .begin_command(&Self::inbox_name(), ctx.metadata, &self.config.replica)
                 .await?
             {
                 Claim::New(tx) => tx,
-                Claim::Duplicate(reply) => {
-                    debug!("duplicate delivery; replying with the stored outcome");
+                Claim::Duplicate { reply, outputs } => {
+                    debug!("duplicate delivery; re-sending the stored outcome");
                     let reply = reply
                         .and_then(|r| serde_json::from_value(r).ok())
-                        .unwrap_or_else(|| Reply::Accepted {
-                            stream_id: stream_id.clone(),
-                            events: Vec::new(),
+                        .unwrap_or_else(|| Reply::Rejected {
+                            reason: Rejection::new(
+                                "duplicate",
+                                "this message id was already handled; its outcome was not stored",
+                            ),
                         });
-                    return Ok(reply);
+                    let dispatch = serde_json::from_value(outputs).unwrap_or_default();
+                    return Ok(Outcome::Handled { reply, dispatch });
                 }
             };
-            let history = tx.load_stream(&stream_id).await?;
-            let mut state = A::default();
-            let mut version = 0;
-            for (event_version, event_type, data) in history {
-                let event = A::Event::from_json(&event_type, data).map_err(|e| {
-                    StoreError::Corrupt(format!("{stream_id} version {event_version}: {e}"))
-                })?;
-                state.apply(&event);
-                version = event_version;
-            }
-            let reply = match state.decide(command) {
-                Err(rejection) => Reply::Rejected {
-                    reason: Rejection::new(rejection.code(), rejection.to_string()),
-                },
-                Ok(events) => {
-                    let new_events: Vec<NewEvent> = events
-                        .iter()
-                        .map(|event| NewEvent {
-                            event_id: EventId::new(),
-                            event_type: event.message_type(),
-                            data: event.to_json(),
-                        })
-                        .collect();
-                    let event_metadata = EventMetadata {
-                        correlation_id: metadata.correlation_id,
-                        causation_id: metadata.message_id.into(),
-                        recorded_by: self.config.replica.clone(),
-                    };
-                    match tx
-                        .append(&stream_id, version, &new_events, &event_metadata)
-                        .await
-                    {
-                        Err(StoreError::Conflict { .. }) if conflicts < MAX_CONFLICT_RETRIES => {
-                            conflicts += 1;
-                            debug!(conflicts, "version conflict; deciding again");
-                            continue;
-                        }
-                        other => other?,
-                    }
-                    Reply::Accepted {
-                        stream_id: stream_id.clone(),
-                        events: new_events
-                            .into_iter()
-                            .zip(version + 1..)
-                            .map(|(event, v)| ReplyEvent {
-                                event_id: event.event_id,
-                                message_type: event.event_type.to_owned(),
-                                stream_version: v as u64,
-                                data: event.data,
-                            })
-                            .collect(),
-                    }
+            let handled = match self.handler.handle(&mut tx, ctx, command).await {
+                Err(HandlerError::Store(StoreError::Conflict { .. }))
+                    if conflicts < MAX_CONFLICT_RETRIES =>
+                {
+                    conflicts += 1;
+                    debug!(conflicts, "version conflict; deciding again");
+                    continue;
                 }
+                other => other?,
             };
-            let stored = serde_json::to_value(&reply).unwrap_or_default();
-            tx.commit(&stored).await?;
-            return Ok(reply);
+            let Handled {
+                reply,
+                stored_reply,
+                dispatch,
+            } = handled;
+            let stored =
+                serde_json::to_value(stored_reply.as_ref().unwrap_or(&reply)).unwrap_or_default();
+            let outputs = serde_json::to_value(&dispatch).unwrap_or_default();
+            tx.commit(&stored, &outputs).await?;
+            return Ok(Outcome::Handled { reply, dispatch });
         }
     }
 
@@ -308,25 +308,36 @@ impl<A: Aggregate> CommandWorker<A> {
         outcome: Outcome,
     ) {
         let settled = match outcome {
-            Outcome::Handled(reply) => {
+            Outcome::Handled { reply, dispatch } => {
                 match &reply {
                     Reply::Accepted { events, .. } => debug!(events = events.len(), "accepted"),
                     Reply::Rejected { reason } => info!(code = %reason.code, "rejected"),
                 }
-                self.reply(session, metadata, &reply).await;
-                Ok(())
+                // Dispatches before the ack: if one fails, the redelivery re-sends them all.
+                match self.send_dispatches(session, &dispatch).await {
+                    Ok(()) => {
+                        self.reply(session, metadata, &reply).await;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                }
             }
             Outcome::Poison { code, reason } => {
                 warn!(code, %reason, "poison message; dead-lettering");
-                self.reply(
-                    session,
-                    metadata,
-                    &Reply::Rejected {
-                        reason: Rejection::new(code, reason.clone()),
-                    },
-                )
-                .await;
-                self.dead_letter(session, delivery, code, &reason).await
+                // Dead-letter first: if that fails the message is redelivered, and the
+                // sender must not have had a reply yet.
+                let parked = self.dead_letter(session, delivery, code, &reason).await;
+                if parked.is_ok() {
+                    self.reply(
+                        session,
+                        metadata,
+                        &Reply::Rejected {
+                            reason: Rejection::new(code, reason.clone()),
+                        },
+                    )
+                    .await;
+                }
+                parked
             }
             Outcome::Transient(error) => {
                 let rounds = retry_count(message);
@@ -354,6 +365,57 @@ impl<A: Aggregate> CommandWorker<A> {
             // Not acked: the broker redelivers it when this channel closes.
             Err(error) => warn!(%error, "could not settle the message; leaving it unacked"),
         }
+    }
+
+    /// Publishes what the handler dispatched, each with a confirm.
+    async fn send_dispatches(
+        &self,
+        session: &Session,
+        dispatch: &[Dispatch],
+    ) -> Result<(), BrokerError> {
+        for d in dispatch {
+            let mut metadata = Metadata {
+                message_id: d.message_id,
+                correlation_id: d.correlation_id,
+                causation_id: d.causation_id,
+                message_type: d.message_type.clone(),
+                schema_version: SCHEMA_VERSION,
+                occurred_at: time::OffsetDateTime::now_utc(),
+                reply_to: None,
+            };
+            if d.wants_reply {
+                metadata.reply_to = Some(self.topology.reply_queue(H::SERVICE));
+            }
+            let message = OutgoingMessage {
+                metadata,
+                body: d.body.to_string().into_bytes(),
+                extra_headers: Vec::new(),
+            };
+            match d.to {
+                Destination::Service { service } => {
+                    broker::publish_message(
+                        &session.publisher,
+                        &self.topology.commands_exchange(),
+                        self.topology.command_routing_key(service),
+                        &message,
+                    )
+                    .await?
+                }
+                Destination::Delayed { service, delay_ms } => {
+                    let properties =
+                        broker::properties(&message).with_expiration(delay_ms.to_string().into());
+                    broker::publish_confirmed(
+                        &session.publisher,
+                        "",
+                        &self.topology.delay_queue(service),
+                        &message.body,
+                        properties,
+                    )
+                    .await?
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn reply(&self, session: &Session, cause: Option<&Metadata>, reply: &Reply) {
@@ -396,17 +458,22 @@ impl<A: Aggregate> CommandWorker<A> {
                 (headers::DEAD_LETTER_REASON, reason.to_owned()),
                 (
                     headers::ORIGINAL_QUEUE,
-                    self.topology.command_queue(A::SERVICE),
+                    self.topology.command_queue(H::SERVICE),
                 ),
                 (headers::HANDLED_BY, self.config.replica.clone()),
             ],
         );
+        let mut table = properties.headers().clone().unwrap_or_default();
+        // A dead letter is read by operators: it must not carry a usable session token.
+        let mut inner = table.inner().clone();
+        inner.remove(TOKEN_HEADER);
+        table = inner.into();
         broker::publish_confirmed(
             &session.publisher,
             &self.topology.dead_letter_exchange(),
-            self.topology.command_routing_key(A::SERVICE),
-            &delivery.data,
-            properties,
+            self.topology.command_routing_key(H::SERVICE),
+            &redact_secrets(&delivery.data),
+            properties.with_headers(table),
         )
         .await
     }
@@ -427,7 +494,7 @@ impl<A: Aggregate> CommandWorker<A> {
         broker::publish_confirmed(
             &session.publisher,
             "",
-            &self.topology.retry_queue(A::SERVICE),
+            &self.topology.retry_queue(H::SERVICE),
             &delivery.data,
             properties,
         )
@@ -439,6 +506,43 @@ fn poison(error: &DecodeError) -> Outcome {
     Outcome::Poison {
         code: error.code(),
         reason: error.to_string(),
+    }
+}
+
+/// A body as it may be kept for operators: every `"password"` field of a JSON object is
+/// replaced by `"***"`, and an unreadable body that mentions a password is dropped whole.
+fn redact_secrets(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const FIELD: &[u8] = b"password";
+    if !body
+        .windows(FIELD.len())
+        .any(|w| w.eq_ignore_ascii_case(FIELD))
+    {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut value) => {
+            redact_value(&mut value);
+            std::borrow::Cow::Owned(value.to_string().into_bytes())
+        }
+        Err(_) => std::borrow::Cow::Owned(
+            b"\"(redacted: an unreadable body that mentioned a password)\"".to_vec(),
+        ),
+    }
+}
+
+fn redact_value(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                if key.eq_ignore_ascii_case("password") {
+                    *field = serde_json::Value::String("***".into());
+                } else {
+                    redact_value(field);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_value),
+        _ => {}
     }
 }
 

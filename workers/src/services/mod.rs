@@ -3,4 +3,55 @@
 //! Architecture invariant: nothing under `services/` opens a connection, publishes, or
 //! acks; a service's `decide` and `apply` are plain functions.
 
+pub mod auth;
 pub mod catalog;
+pub mod orders;
+pub mod payments;
+
+use eventline_events::Service;
+use tokio::sync::watch;
+
+use crate::runtime::projection;
+use crate::runtime::store::EventStore;
+use crate::runtime::worker::CommandWorker;
+use crate::runtime::{AggregateHandler, Config, Shutdown};
+
+/// Runs one replica of `service` — its command worker and its read models — until shutdown.
+///
+/// Every replica also runs its service's projections; the projection's checkpoint lock makes
+/// that safe (one applies each batch, the others skip it) and keeps them current when a
+/// replica dies.
+pub async fn run(service: Service, config: Config, store: EventStore, shutdown: Shutdown) {
+    let mut tasks = tokio::task::JoinSet::new();
+    match service {
+        Service::Auth => {
+            tasks.spawn(CommandWorker::new(config, store, auth::AuthHandler).run(shutdown));
+        }
+        Service::Catalog => {
+            tasks.spawn(projection::run(
+                catalog::ProductsProjection,
+                store.clone(),
+                shutdown.clone(),
+                watch::Sender::new(0),
+            ));
+            let handler = AggregateHandler::<catalog::Product>::default();
+            tasks.spawn(CommandWorker::new(config, store, handler).run(shutdown));
+        }
+        Service::Orders => {
+            tasks.spawn(projection::run(
+                orders::OrdersProjection,
+                store.clone(),
+                shutdown.clone(),
+                watch::Sender::new(0),
+            ));
+            let handler = AggregateHandler::<orders::Order>::default();
+            tasks.spawn(CommandWorker::new(config, store, handler).run(shutdown));
+        }
+        Service::Payments => {
+            let provider = payments::provider::SimulatedProvider::new(config.payments.clone());
+            let handler = payments::PaymentsHandler::new(provider);
+            tasks.spawn(CommandWorker::new(config, store, handler).run(shutdown));
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}

@@ -20,7 +20,10 @@ use eventline_events::values::{
     Money, OrderId, ProductId, ProductName, Quantity, StockLevel, StreamId,
 };
 
-use crate::runtime::{Aggregate, RejectionReason};
+use eventline_events::auth::Role;
+
+use crate::runtime::token::{Principal, TokenError};
+use crate::runtime::{Aggregate, Context, RejectionReason, State};
 
 /// Why the catalog refused a command. Each message says what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +72,10 @@ pub enum CatalogRejection {
         product_id: ProductId,
         quantity: u32,
     },
+    #[error("{0}")]
+    Unauthenticated(TokenError),
+    #[error("changing the catalog needs the admin role; this token is a {0:?}'s")]
+    Forbidden(Role),
 }
 
 impl RejectionReason for CatalogRejection {
@@ -81,6 +88,8 @@ impl RejectionReason for CatalogRejection {
             Self::OrderClosed { .. } => "order_closed",
             Self::NoReservation { .. } => "no_reservation",
             Self::StockLimit { .. } => "stock_limit",
+            Self::Unauthenticated(e) => e.code(),
+            Self::Forbidden(_) => "forbidden",
         }
     }
 }
@@ -121,15 +130,19 @@ impl Product {
 
 impl Aggregate for Product {
     type Command = CatalogCommand;
-    type Event = CatalogEvent;
     type Rejection = CatalogRejection;
     const SERVICE: Service = Service::Catalog;
 
-    fn stream_id(command: &CatalogCommand) -> StreamId {
+    fn stream_id(command: &CatalogCommand, _: &Context<'_>) -> StreamId {
         command.product_id().stream_id()
     }
 
-    fn decide(&self, command: &CatalogCommand) -> Result<Vec<CatalogEvent>, CatalogRejection> {
+    fn decide(
+        &self,
+        command: &CatalogCommand,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<CatalogEvent>, CatalogRejection> {
+        authorize(command, ctx.principal)?;
         let product_id = command.product_id().clone();
         let listed = match (&self.0, command) {
             (None, CatalogCommand::AddProduct(add)) => return Ok(vec![added(add)]),
@@ -203,6 +216,7 @@ impl Aggregate for Product {
                             product_id,
                             order_id: *order_id,
                             quantity: *quantity,
+                            unit_price: listed.price,
                         }
                         .into(),
                     ],
@@ -257,6 +271,10 @@ impl Aggregate for Product {
         };
         Ok(events)
     }
+}
+
+impl State for Product {
+    type Event = CatalogEvent;
 
     fn apply(&mut self, event: &CatalogEvent) {
         if let CatalogEvent::ProductAdded(added) = event {
@@ -301,6 +319,27 @@ impl Aggregate for Product {
     }
 }
 
+/// Changing what is sold (add, price, restock) is an admin's job. Reservations come from the
+/// order saga, which is trusted by being on the broker with the catalog (see issue 5's
+/// per-service broker users for how that trust is narrowed).
+fn authorize(
+    command: &CatalogCommand,
+    principal: &Result<Principal, TokenError>,
+) -> Result<(), CatalogRejection> {
+    let admin_only = matches!(
+        command,
+        CatalogCommand::AddProduct(_) | CatalogCommand::ChangePrice(_) | CatalogCommand::Restock(_)
+    );
+    if !admin_only {
+        return Ok(());
+    }
+    match principal {
+        Ok(p) if p.role == Role::Admin => Ok(()),
+        Ok(p) => Err(CatalogRejection::Forbidden(p.role)),
+        Err(e) => Err(CatalogRejection::Unauthenticated(e.clone())),
+    }
+}
+
 fn added(add: &AddProduct) -> CatalogEvent {
     ProductAdded {
         product_id: add.product_id.clone(),
@@ -321,7 +360,25 @@ fn closed_word(closed: Closed) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::handler::testing::TestContext;
     use proptest::prelude::*;
+
+    /// Decides as an admin would (authorization has its own test).
+    trait DecideAsAdmin {
+        fn decide_as_admin(
+            &self,
+            command: &CatalogCommand,
+        ) -> Result<Vec<CatalogEvent>, CatalogRejection>;
+    }
+
+    impl DecideAsAdmin for Product {
+        fn decide_as_admin(
+            &self,
+            command: &CatalogCommand,
+        ) -> Result<Vec<CatalogEvent>, CatalogRejection> {
+            self.decide(command, &TestContext::admin().ctx())
+        }
+    }
 
     /// given(events).when(command) → Ok(events) or Err(rejection), as cqrs-es reads.
     fn given(events: &[CatalogEvent]) -> Product {
@@ -374,6 +431,7 @@ mod tests {
             product_id: id(),
             order_id: order,
             quantity: qty(n),
+            unit_price: Money::parse(350).unwrap(),
         }
         .into()
     }
@@ -382,7 +440,7 @@ mod tests {
     fn reserving_within_stock_records_a_reservation() {
         let order = OrderId::new();
         assert_eq!(
-            given(&[tea(5)]).decide(&reserve(order, 5)),
+            given(&[tea(5)]).decide_as_admin(&reserve(order, 5)),
             Ok(vec![reserved(order, 5)])
         );
     }
@@ -390,7 +448,7 @@ mod tests {
     #[test]
     fn reserving_beyond_stock_is_rejected_with_the_numbers() {
         let err = given(&[tea(2)])
-            .decide(&reserve(OrderId::new(), 3))
+            .decide_as_admin(&reserve(OrderId::new(), 3))
             .unwrap_err();
         assert_eq!(err.code(), "insufficient_stock");
         assert!(
@@ -403,11 +461,11 @@ mod tests {
     fn reserving_again_for_the_same_order_changes_nothing() {
         let order = OrderId::new();
         assert_eq!(
-            given(&[tea(5), reserved(order, 2)]).decide(&reserve(order, 2)),
+            given(&[tea(5), reserved(order, 2)]).decide_as_admin(&reserve(order, 2)),
             Ok(vec![])
         );
         let err = given(&[tea(5), reserved(order, 2)])
-            .decide(&reserve(order, 3))
+            .decide_as_admin(&reserve(order, 3))
             .unwrap_err();
         assert_eq!(err.code(), "reservation_mismatch");
     }
@@ -416,7 +474,7 @@ mod tests {
     fn a_release_that_arrives_before_its_reservation_closes_the_order() {
         let order = OrderId::new();
         let state = given(&[tea(5)]);
-        let events = state.decide(&release(order)).unwrap();
+        let events = state.decide_as_admin(&release(order)).unwrap();
         assert_eq!(
             events,
             vec![
@@ -430,17 +488,20 @@ mod tests {
         );
         let state = given(&[tea(5), events[0].clone()]);
         assert_eq!(
-            state.decide(&reserve(order, 1)).unwrap_err().code(),
+            state
+                .decide_as_admin(&reserve(order, 1))
+                .unwrap_err()
+                .code(),
             "order_closed"
         );
-        assert_eq!(state.decide(&release(order)), Ok(vec![]));
+        assert_eq!(state.decide_as_admin(&release(order)), Ok(vec![]));
     }
 
     #[test]
     fn commands_for_a_missing_product_are_rejected() {
         assert_eq!(
             given(&[])
-                .decide(&reserve(OrderId::new(), 1))
+                .decide_as_admin(&reserve(OrderId::new(), 1))
                 .unwrap_err()
                 .code(),
             "unknown_product"
@@ -452,7 +513,10 @@ mod tests {
             initial_stock: StockLevel::default(),
         };
         assert_eq!(
-            given(&[tea(1)]).decide(&add.into()).unwrap_err().code(),
+            given(&[tea(1)])
+                .decide_as_admin(&add.into())
+                .unwrap_err()
+                .code(),
             "product_exists"
         );
     }
@@ -461,15 +525,46 @@ mod tests {
     fn committing_needs_a_reservation_and_is_idempotent() {
         let order = OrderId::new();
         assert_eq!(
-            given(&[tea(5)]).decide(&commit(order)).unwrap_err().code(),
+            given(&[tea(5)])
+                .decide_as_admin(&commit(order))
+                .unwrap_err()
+                .code(),
             "no_reservation"
         );
         let after = given(&[tea(5), reserved(order, 2)]);
-        let events = after.decide(&commit(order)).unwrap();
+        let events = after.decide_as_admin(&commit(order)).unwrap();
         assert_eq!(events.len(), 1);
         let sold = given(&[tea(5), reserved(order, 2), events[0].clone()]);
-        assert_eq!(sold.decide(&commit(order)), Ok(vec![]));
+        assert_eq!(sold.decide_as_admin(&commit(order)), Ok(vec![]));
         assert_eq!(sold.listed().unwrap().sold, 2);
+    }
+
+    #[test]
+    fn only_admins_change_the_catalog() {
+        let restock: CatalogCommand = Restock {
+            product_id: id(),
+            quantity: qty(1),
+        }
+        .into();
+        let state = given(&[tea(1)]);
+        let customer = TestContext::customer(eventline_events::auth::UserId::new());
+        assert_eq!(
+            state.decide(&restock, &customer.ctx()).unwrap_err().code(),
+            "forbidden"
+        );
+        assert_eq!(
+            state
+                .decide(&restock, &TestContext::anonymous().ctx())
+                .unwrap_err()
+                .code(),
+            "token_missing"
+        );
+        // Reservations come from the saga and need no token.
+        assert!(
+            state
+                .decide(&reserve(OrderId::new(), 1), &TestContext::anonymous().ctx())
+                .is_ok()
+        );
     }
 
     fn any_command() -> impl Strategy<Value = CatalogCommand> {
@@ -496,7 +591,7 @@ mod tests {
             let mut product = given(&[tea(initial)]);
             let mut supplied = u64::from(initial);
             for command in &commands {
-                if let Ok(events) = product.decide(command) {
+                if let Ok(events) = product.decide_as_admin(command) {
                     for event in &events {
                         if let CatalogEvent::Restocked(r) = event {
                             supplied += u64::from(r.quantity.get());
@@ -506,7 +601,7 @@ mod tests {
                     // Deciding the same command again must change nothing (idempotency),
                     // except restock, which is deliberately additive.
                     if !matches!(command, CatalogCommand::Restock(_)) {
-                        prop_assert_eq!(product.decide(command).ok(), Some(vec![]));
+                        prop_assert_eq!(product.decide_as_admin(command).ok(), Some(vec![]));
                     }
                 }
                 let listed = product.listed().unwrap();

@@ -1,0 +1,181 @@
+//! What the worker runs for each message: a [`Handler`], inside the message's transaction.
+//!
+//! Most services are pure [`super::Aggregate`]s and get a handler for free; a service whose
+//! decision needs I/O in the middle (auth hashes passwords, payments calls a provider)
+//! implements `Handler` itself. Either way the runtime owns the transaction, the inbox, the
+//! replies, the ack — and the [`Dispatch`]es a handler asks for, which are stored with the
+//! inbox row and published after the commit, so a crash in between re-sends them on
+//! redelivery (same message ids: receivers deduplicate).
+
+use std::future::Future;
+use std::time::Duration;
+
+use eventline_events::{CausationId, Contract, CorrelationId, MessageId, Metadata, Reply, Service};
+use serde::{Deserialize, Serialize};
+
+use super::config::Config;
+use super::store::{CommandTx, StoreError};
+use super::token::{Principal, TokenError};
+
+/// What a handler knows about the message besides its body.
+pub struct Context<'a> {
+    pub metadata: &'a Metadata,
+    /// The sender, from the `x-auth-token` header, or why there is none.
+    pub principal: &'a Result<Principal, TokenError>,
+    pub config: &'a Config,
+}
+
+/// A handler's result, committed atomically with the inbox row.
+#[derive(Debug)]
+pub struct Handled {
+    /// Sent to the command's `reply_to`.
+    pub reply: Reply,
+    /// What a duplicate delivery gets instead of `reply`, when the reply holds a secret
+    /// (a log-in's token) that must not be stored.
+    pub stored_reply: Option<Reply>,
+    pub dispatch: Vec<Dispatch>,
+}
+
+impl Handled {
+    pub fn reply(reply: Reply) -> Self {
+        Self {
+            reply,
+            stored_reply: None,
+            dispatch: Vec::new(),
+        }
+    }
+}
+
+/// Where a dispatched message goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Destination {
+    /// A service's command queue.
+    Service { service: Service },
+    /// A service's own delay queue, delivered to its command queue after `delay_ms`.
+    Delayed { service: Service, delay_ms: u64 },
+}
+
+/// A message a handler sends as a consequence of the one it handled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dispatch {
+    pub to: Destination,
+    pub message_id: MessageId,
+    pub correlation_id: CorrelationId,
+    pub causation_id: CausationId,
+    pub message_type: String,
+    pub body: serde_json::Value,
+    /// Ask for the reply on the sending service's reply queue.
+    pub wants_reply: bool,
+}
+
+impl Dispatch {
+    /// A command to `service`, caused by `cause`, with a caller-chosen (deterministic) id.
+    pub fn command<C: Contract>(
+        service: Service,
+        message_id: MessageId,
+        correlation_id: CorrelationId,
+        cause: &Metadata,
+        command: &C,
+    ) -> Self {
+        Self {
+            to: Destination::Service { service },
+            message_id,
+            correlation_id,
+            causation_id: cause.message_id.into(),
+            message_type: command.message_type().to_owned(),
+            body: command.to_json(),
+            wants_reply: true,
+        }
+    }
+
+    /// The same message, delivered to the service's own command queue after `delay`.
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        if let Destination::Service { service } = self.to {
+            self.to = Destination::Delayed {
+                service,
+                delay_ms: delay.as_millis() as u64,
+            };
+        }
+        self.wants_reply = false;
+        self
+    }
+}
+
+/// Why a handler could not finish; the worker turns each into retry, re-decide or poison.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A dependency (a payment provider) failed in a way that may pass: retry later.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// Handles one service's messages inside a transaction the runtime opened.
+pub trait Handler: Send + Sync + 'static {
+    type Command: Contract + Send + Sync + 'static;
+    const SERVICE: Service;
+    /// Whether the worker also consumes the service's reply queue (sagas).
+    const CONSUMES_REPLIES: bool = false;
+
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut CommandTx,
+        ctx: &'a Context<'a>,
+        command: &'a Self::Command,
+    ) -> impl Future<Output = Result<Handled, HandlerError>> + Send + 'a;
+}
+
+/// Contexts for unit tests of pure domain logic: no broker, no database.
+pub mod testing {
+    use eventline_events::Metadata;
+    use eventline_events::auth::{Role, UserId};
+
+    use super::Context;
+    use crate::runtime::config::Config;
+    use crate::runtime::token::{Principal, TokenError};
+
+    /// Owns what a [`Context`] borrows.
+    pub struct TestContext {
+        pub metadata: Metadata,
+        pub principal: Result<Principal, TokenError>,
+        pub config: Config,
+    }
+
+    impl TestContext {
+        pub fn new(principal: Result<Principal, TokenError>) -> Self {
+            Self {
+                metadata: Metadata::origin("test"),
+                principal,
+                config: Config::local(),
+            }
+        }
+
+        pub fn admin() -> Self {
+            Self::new(Ok(Principal {
+                user_id: UserId::new(),
+                role: Role::Admin,
+            }))
+        }
+
+        pub fn customer(user_id: UserId) -> Self {
+            Self::new(Ok(Principal {
+                user_id,
+                role: Role::Customer,
+            }))
+        }
+
+        pub fn anonymous() -> Self {
+            Self::new(Err(TokenError::Missing))
+        }
+
+        pub fn ctx(&self) -> Context<'_> {
+            Context {
+                metadata: &self.metadata,
+                principal: &self.principal,
+                config: &self.config,
+            }
+        }
+    }
+}
