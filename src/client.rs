@@ -8,6 +8,7 @@ use eventline_events::auth::TOKEN_HEADER;
 use eventline_events::envelope::{HeaderValue, headers};
 use eventline_events::orders::{OrderLine, OrderLines, OrdersCommand, PlaceOrder};
 use eventline_events::payments::CardToken;
+use eventline_events::topology::is_query;
 use eventline_events::values::{OrderId, ProductId, Quantity};
 use eventline_events::{
     Contract, CorrelationId, IncomingMessage, MessageId, Metadata, Namespace, OutgoingMessage,
@@ -297,10 +298,15 @@ impl Client {
             }
             None => message,
         };
+        let routing_key = if is_query(&message.metadata.message_type) {
+            self.topology.query_routing_key(service)
+        } else {
+            self.topology.command_routing_key(service).to_owned()
+        };
         broker::publish_message(
             &self.publisher,
             &self.topology.commands_exchange(),
-            self.topology.command_routing_key(service),
+            &routing_key,
             message,
         )
         .await?;

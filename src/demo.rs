@@ -37,6 +37,12 @@ pub struct DemoOptions {
     /// Seed for the clients' random choices, for a repeatable run.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Drive an already running system (e.g. compose's) instead of starting one: no reset,
+    /// no child processes; waits for `--replicas` consumers per service. Needs an empty event
+    /// log (the summary checks stock against the demo's own starting levels) and
+    /// EVENTLINE_AUTH_SIGNING_KEY (to mint the operator's admin token).
+    #[arg(long)]
+    pub attach: bool,
 }
 
 /// A row of the products read model.
@@ -79,45 +85,10 @@ const PRODUCTS: [(&str, &str, u64, u32); 3] = [
     ("mug", "Enamel mug", 1200, 5),
 ];
 
-/// A row of the orders read model.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct OrderRow {
-    pub order_id: uuid::Uuid,
-    pub customer_id: uuid::Uuid,
-    pub status: String,
-    pub code: Option<String>,
-    pub reason: Option<String>,
-    pub total: Option<i64>,
-}
-
-/// The orders read model, optionally one customer's.
-pub async fn orders(
-    store: &EventStore,
-    customer: Option<uuid::Uuid>,
-) -> anyhow::Result<Vec<OrderRow>> {
-    let rows = sqlx::query(
-        "SELECT order_id, customer_id, status, code, reason, total FROM orders_view \
-         WHERE $1::uuid IS NULL OR customer_id = $1 ORDER BY order_id",
-    )
-    .bind(customer)
-    .fetch_all(store.pool())
-    .await
-    .context("reading orders_view (has `eventline migrate` run?)")?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(OrderRow {
-                order_id: r.try_get("order_id")?,
-                customer_id: r.try_get("customer_id")?,
-                status: r.try_get("status")?,
-                code: r.try_get("code")?,
-                reason: r.try_get("reason")?,
-                total: r.try_get("total")?,
-            })
-        })
-        .collect()
-}
-
 pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
+    if options.attach {
+        return attach(base, options).await;
+    }
     let started = Instant::now();
     let namespace = Namespace::parse("eventline-demo").map_err(anyhow::Error::msg)?;
     let db_name = format!(
@@ -175,10 +146,47 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
     supervisor.stop_all(Duration::from_secs(15)).await;
     result?;
     println!(
-        "\nfinished in {:.1}s; worker logs in {}\nexplore: export EVENTLINE_NAMESPACE={namespace} DATABASE_URL={database_url}; eventline orders; eventline products; eventline trace <order id>",
+        "\nfinished in {:.1}s; worker logs in {}\nexplore: export EVENTLINE_NAMESPACE={namespace} DATABASE_URL={database_url}; eventline products; eventline trace <order id>",
         started.elapsed().as_secs_f64(),
         log_dir.display()
     );
+    Ok(())
+}
+
+/// `--attach`: the system is already running (compose); use its namespace and database as
+/// they are and only play the operator and the two clients.
+async fn attach(config: Config, options: DemoOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    println!(
+        "eventline demo --attach: namespace {}, database {}",
+        config.namespace, config.database_url
+    );
+    let signing = config
+        .auth
+        .signing
+        .as_ref()
+        .context(
+            "demo --attach needs EVENTLINE_AUTH_SIGNING_KEY to mint the operator's admin token",
+        )?
+        .0
+        .clone();
+    let store = EventStore::connect(&config.database_url, 4).await?;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_log")
+        .fetch_one(store.pool())
+        .await
+        .context("reading event_log (has `eventline migrate` run?)")?;
+    if events > 0 {
+        bail!(
+            "the event log of {} already holds {events} events; the demo needs an empty one \
+             (with compose: `docker compose down -v`, then up again)",
+            config.database_url
+        );
+    }
+    let replicas = options.replicas.max(1);
+    wait_for_consumers(&config.amqp_url, &config.namespace, replicas, None).await?;
+    println!("attached: at least {replicas} consumers on every service's queue");
+    exercise(&config, &config.namespace, &store, &options, &signing).await?;
+    println!("\nfinished in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -200,14 +208,26 @@ async fn drive(
             supervisor.spawn(&format!("{service}-{i}"), &["worker", service.name()])?;
         }
     }
+    wait_for_consumers(&base.amqp_url, namespace, replicas, Some(supervisor)).await?;
+    println!(
+        "started: relay and {replicas} replicas each of auth (A), catalog (B), orders (C), payments (D), all behind RabbitMQ queues"
+    );
+    exercise(base, namespace, store, options, signing).await
+}
+
+/// The operator's and the two clients' session, and the summary; the same whoever runs the
+/// workers.
+async fn exercise(
+    base: &Config,
+    namespace: &Namespace,
+    store: &EventStore,
+    options: &DemoOptions,
+    signing: &ed25519_dalek::SigningKey,
+) -> anyhow::Result<()> {
     let admin_token = mint(signing, Role::Admin);
     let admin = Client::connect(&base.amqp_url, namespace.clone())
         .await?
         .with_token(admin_token);
-    wait_for_consumers(&base.amqp_url, namespace, replicas, supervisor).await?;
-    println!(
-        "started: relay and {replicas} replicas each of auth (A), catalog (B), orders (C), payments (D), all behind RabbitMQ queues"
-    );
     let mut events = Box::pin(admin.subscribe("#").await?);
 
     let timeout = Duration::from_secs(20);
@@ -574,42 +594,46 @@ async fn wait_for_consumers(
     url: &SecretUrl,
     namespace: &Namespace,
     replicas: usize,
-    supervisor: &mut Supervisor,
+    mut supervisor: Option<&mut Supervisor>,
 ) -> anyhow::Result<()> {
+    let logs = supervisor.as_ref().map_or_else(
+        || "the workers' logs".to_owned(),
+        |s| s.log_dir().display().to_string(),
+    );
     let topology = Topology::new(namespace.clone());
     let connection = broker::connect(url, "demo probe").await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let crashed = supervisor.exited();
+        let crashed = supervisor.as_mut().map(|s| s.exited()).unwrap_or_default();
         if !crashed.is_empty() {
-            bail!(
-                "{} exited at start; see {}",
-                crashed.join(", "),
-                supervisor.log_dir().display()
-            );
+            bail!("{} exited at start; see {}", crashed.join(", "), logs);
         }
-        // Passive declare on a fresh channel: it closes the channel if the queue is missing.
-        let channel = connection.create_channel().await?;
-        let consumers = channel
-            .queue_declare(
-                topology.command_queue(Service::Catalog).into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map(|q| q.consumer_count() as usize)
-            .unwrap_or(0);
+        // Passive declares on fresh channels: one closes its channel if the queue is missing.
+        let mut consumers = usize::MAX;
+        for service in Service::ALL {
+            let channel = connection.create_channel().await?;
+            let count = channel
+                .queue_declare(
+                    topology.command_queue(service).into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map(|q| q.consumer_count() as usize)
+                .unwrap_or(0);
+            consumers = consumers.min(count);
+        }
         if consumers >= replicas {
             let _ = connection.close(200, "ready".into()).await;
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "only {consumers} of {replicas} catalog workers came up within 30 s; see {}",
-                supervisor.log_dir().display()
+                "only {consumers} of {replicas} workers of some service came up within 30 s; see {}",
+                logs
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

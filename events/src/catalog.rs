@@ -97,6 +97,18 @@ impl CatalogCommand {
     }
 }
 
+/// Asks for every product with its price and stock (the products read model).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListProducts {}
+
+wire_enum! {
+    /// The catalog's queries, answered from its read model.
+    pub enum CatalogQuery {
+        ListProducts(ListProducts) = "catalog.query.list_products",
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductAdded {
     pub product_id: ProductId,

@@ -103,6 +103,26 @@ wire_enum! {
     }
 }
 
+/// Asks for one order with its status. Customers see only their own orders.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetOrder {
+    pub order_id: OrderId,
+}
+
+/// Asks for the orders of the customer named by the token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListMyOrders {}
+
+wire_enum! {
+    /// The orders service's queries, answered from its read model.
+    pub enum OrdersQuery {
+        GetOrder(GetOrder) = "orders.query.get_order",
+        ListMyOrders(ListMyOrders) = "orders.query.list_my_orders",
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPlaced {
     pub order_id: OrderId,

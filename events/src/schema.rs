@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use crate::Contract;
 use crate::auth::{AuthCommand, AuthEvent};
-use crate::catalog::{CatalogCommand, CatalogEvent};
-use crate::orders::{OrdersCommand, OrdersEvent};
+use crate::catalog::{CatalogCommand, CatalogEvent, CatalogQuery};
+use crate::orders::{OrdersCommand, OrdersEvent, OrdersQuery};
 use crate::payments::{PaymentsCommand, PaymentsEvent};
 use crate::reply::{REPLY_TYPE, Reply};
 
@@ -19,8 +19,10 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
         AuthEvent::json_schemas(),
         CatalogCommand::json_schemas(),
         CatalogEvent::json_schemas(),
+        CatalogQuery::json_schemas(),
         OrdersCommand::json_schemas(),
         OrdersEvent::json_schemas(),
+        OrdersQuery::json_schemas(),
         PaymentsCommand::json_schemas(),
         PaymentsEvent::json_schemas(),
     ]

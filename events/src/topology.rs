@@ -46,6 +46,14 @@ impl Service {
     }
 }
 
+/// Whether a message type is a query: `{service}.query.{name}`.
+pub fn is_query(message_type: &str) -> bool {
+    message_type
+        .split('.')
+        .nth(1)
+        .is_some_and(|part| part == "query")
+}
+
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -132,6 +140,16 @@ impl Topology {
         format!("{}.{}.commands", self.namespace, service)
     }
 
+    /// The routing key of a service's queries (read-only requests answered from read models).
+    pub fn query_routing_key(&self, service: Service) -> String {
+        format!("{service}.queries")
+    }
+
+    /// A service's query queue: kept apart from commands so reads never wait behind writes.
+    pub fn query_queue(&self, service: Service) -> String {
+        format!("{}.{}.queries", self.namespace, service)
+    }
+
     /// Holds commands that failed transiently until their delay expires, then sends them back
     /// to the commands exchange.
     pub fn retry_queue(&self, service: Service) -> String {
@@ -177,6 +195,7 @@ impl Topology {
             .flat_map(|s| {
                 [
                     self.command_queue(s),
+                    self.query_queue(s),
                     self.retry_queue(s),
                     self.dead_letter_queue(s),
                 ]

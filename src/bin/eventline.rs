@@ -9,6 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use eventline::Client;
+use eventline_events::catalog::{CatalogQuery, ListProducts};
+use eventline_events::orders::{GetOrder, ListMyOrders, OrdersQuery};
+use eventline_events::values::OrderId;
 use eventline_events::{Metadata, OutgoingMessage, Reply, Service};
 use eventline_workers::runtime::relay::Relay;
 use eventline_workers::runtime::store::{self, EventStore};
@@ -79,12 +82,13 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Print the catalog's products read model.
+    /// Print the products with their stock (a query over the broker).
     Products,
-    /// Print the orders read model (optionally one customer's).
+    /// Print your orders, or one order, with status (a query over the broker; needs
+    /// EVENTLINE_TOKEN).
     Orders {
         #[arg(long)]
-        customer: Option<uuid::Uuid>,
+        order: Option<uuid::Uuid>,
     },
     /// Place an order and wait for its final outcome (confirmed, rejected or cancelled).
     PlaceOrder {
@@ -246,39 +250,63 @@ async fn run() -> anyhow::Result<()> {
             client.close().await;
         }
         Command::Products => {
-            let store = EventStore::connect(&config.database_url, 1).await?;
-            let products = eventline::demo::products(&store).await?;
+            let client = Client::connect(&config.amqp_url, config.namespace.clone()).await?;
+            let reply = client
+                .request(
+                    &CatalogQuery::from(ListProducts {}),
+                    Duration::from_secs(10),
+                )
+                .await?;
+            let products = query_result(reply, "products")?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&products)?);
             } else {
                 println!(
-                    "{:<20} {:>9} {:>9} {:>9} {:>6} {:>10}",
-                    "product", "available", "reserved", "sold", "price", "version"
+                    "{:<20} {:>9} {:>9} {:>9} {:>8}",
+                    "product", "available", "reserved", "sold", "price"
                 );
-                for p in products {
+                for p in products.as_array().into_iter().flatten() {
                     println!(
-                        "{:<20} {:>9} {:>9} {:>9} {:>6} {:>10}",
-                        p.product_id, p.available, p.reserved, p.sold, p.price, p.stream_version
+                        "{:<20} {:>9} {:>9} {:>9} {:>8}",
+                        p["product_id"].as_str().unwrap_or("?"),
+                        p["available"],
+                        p["reserved"],
+                        p["sold"],
+                        p["price"]
                     );
                 }
             }
+            client.close().await;
         }
-        Command::Orders { customer } => {
-            let store = EventStore::connect(&config.database_url, 1).await?;
-            let orders = eventline::demo::orders(&store, customer).await?;
+        Command::Orders { order } => {
+            let token = std::env::var("EVENTLINE_TOKEN").context(
+                "orders needs a session token in EVENTLINE_TOKEN (a customer sees their own orders, an admin any)",
+            )?;
+            let client = Client::connect(&config.amqp_url, config.namespace.clone())
+                .await?
+                .with_token(token);
+            let query = match order {
+                Some(order_id) => OrdersQuery::from(GetOrder {
+                    order_id: OrderId::from_uuid(order_id),
+                }),
+                None => OrdersQuery::from(ListMyOrders {}),
+            };
+            let reply = client.request(&query, Duration::from_secs(10)).await?;
+            let orders = query_result(reply, "orders")?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&orders)?);
             } else {
-                for o in orders {
+                for o in orders.as_array().into_iter().flatten() {
                     println!(
                         "{}  {:<10} total {:>8}  {}",
-                        o.order_id,
-                        o.status,
-                        o.total.map_or("-".into(), |t| t.to_string()),
-                        o.reason.unwrap_or_default()
+                        o["order_id"].as_str().unwrap_or("?"),
+                        o["status"].as_str().unwrap_or("?"),
+                        o["total"],
+                        o["reason"].as_str().unwrap_or("")
                     );
                 }
             }
+            client.close().await;
         }
         Command::PlaceOrder {
             lines,
@@ -381,6 +409,18 @@ async fn wait_for_database(config: &Config) -> anyhow::Result<EventStore> {
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
+    }
+}
+
+/// The `key` of a query's answer, or the reason it was refused.
+fn query_result(reply: Reply, key: &str) -> anyhow::Result<serde_json::Value> {
+    match reply {
+        Reply::Accepted {
+            result: Some(mut result),
+            ..
+        } => Ok(result[key].take()),
+        Reply::Accepted { result: None, .. } => bail!("the query's reply had no result"),
+        Reply::Rejected { reason } => bail!("{} ({})", reason.message, reason.code),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use eventline_events::catalog::{CatalogCommand, ReserveStock};
 use eventline_events::values::{OrderId, Quantity};
-use eventline_events::{Metadata, OutgoingMessage};
+use eventline_events::{Metadata, OutgoingMessage, Service};
 
 use crate::support::{TestSystem, eventually, product};
 
@@ -61,6 +61,7 @@ async fn a_worker_killed_mid_stream_loses_nothing_once_another_takes_over() {
         .processes()
         .spawn("doomed", &["worker", "catalog"])
         .unwrap();
+    system.wait_for_consumers(Service::Catalog, 1).await;
     publish_reservations(&system).await;
     eventually("the doomed worker to be mid-stream", || async {
         let n = handled(&system).await;
@@ -97,6 +98,7 @@ async fn a_worker_stopped_with_sigterm_finishes_in_flight_work_and_exits_cleanly
         .processes()
         .spawn("first", &["worker", "catalog"])
         .unwrap();
+    system.wait_for_consumers(Service::Catalog, 1).await;
     publish_reservations(&system).await;
     eventually("the first worker to be mid-stream", || async {
         let n = handled(&system).await;

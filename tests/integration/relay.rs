@@ -115,7 +115,7 @@ async fn the_relay_skips_a_rolled_back_position_and_carries_on() {
         .await
         .unwrap();
     let kept_position = position_of(&system, "kept").await;
-    drop(rolled_back); // rolls back: its position is a permanent hole
+    rolled_back.rollback().await.unwrap(); // its position is now a permanent hole
     let reached = progress
         .wait_for(|p| p.published_through >= kept_position)
         .await

@@ -209,3 +209,75 @@ async fn one_order_can_be_traced_across_services_by_causation() {
     assert!(trace.contains("orders.order_confirmed"), "{trace}");
     system.stop().await;
 }
+
+#[tokio::test]
+async fn read_models_are_served_over_the_broker_and_customers_see_only_their_orders() {
+    use eventline_events::catalog::{CatalogQuery, ListProducts};
+    use eventline_events::orders::{GetOrder, ListMyOrders, OrdersQuery};
+
+    let system = TestSystem::with_all_services(1).await;
+    system.add_product("tea", 10).await;
+    let alice = customer(&system).await;
+    let bob = customer(&system).await;
+    let order = parse_order(&["tea:2".to_string()], "tok_visa").unwrap();
+    assert_eq!(
+        alice
+            .place_order(&order, crate::support::PATIENCE)
+            .await
+            .unwrap()
+            .status,
+        "confirmed"
+    );
+    settled(&system).await;
+    system.wait_for_checkpoint("projection.orders_view").await;
+
+    let result = |reply: eventline_events::Reply| match reply {
+        eventline_events::Reply::Accepted {
+            result: Some(r), ..
+        } => r,
+        other => panic!("query refused: {other:?}"),
+    };
+    let products = result(
+        bob.request(
+            &CatalogQuery::from(ListProducts {}),
+            crate::support::PATIENCE,
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(products["products"][0]["available"], 8);
+    let mine = result(
+        alice
+            .request(
+                &OrdersQuery::from(ListMyOrders {}),
+                crate::support::PATIENCE,
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(mine["orders"][0]["status"], "confirmed");
+    assert_eq!(mine["orders"][0]["total"], 500);
+    let theirs = result(
+        bob.request(
+            &OrdersQuery::from(ListMyOrders {}),
+            crate::support::PATIENCE,
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(theirs["orders"].as_array().map(Vec::len), Some(0));
+    let peek = bob
+        .request(
+            &OrdersQuery::from(GetOrder {
+                order_id: order.order_id,
+            }),
+            crate::support::PATIENCE,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(peek, eventline_events::Reply::Rejected { ref reason } if reason.code == "unknown_order"),
+        "{peek:?}"
+    );
+    system.stop().await;
+}

@@ -74,6 +74,11 @@ impl TestSystem {
     /// A fresh namespace and database, migrated, with the catalog's queues declared and a
     /// connected client. No workers yet.
     pub async fn start() -> Self {
+        // `TEST_LOG=debug cargo test …` shows the in-process workers' logs.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+            .with_test_writer()
+            .try_init();
         let services = services().await;
         let id = uuid::Uuid::now_v7().simple().to_string();
         let namespace = Namespace::parse(&format!("t-{}", &id[20..])).unwrap();
@@ -108,11 +113,11 @@ impl TestSystem {
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        for service in Service::ALL {
-            broker::declare_service_queues(&channel, &topology, service)
-                .await
-                .unwrap();
-        }
+        // The catalog's, so that commands published before a worker starts are queued, not
+        // returned. Other services' workers declare their own when they start.
+        broker::declare_service_queues(&channel, &topology, Service::Catalog)
+            .await
+            .unwrap();
         let _ = connection.close(200, "ok".into()).await;
         let client = Client::connect(&config.amqp_url, namespace.clone())
             .await
@@ -164,12 +169,11 @@ impl TestSystem {
             replica: replica.to_owned(),
             ..self.config.clone()
         };
-        self.tasks.spawn(services::run(
-            service,
-            config,
-            self.store.clone(),
-            self.shutdown.clone(),
-        ));
+        // Its own small pool, as a real replica process has: replicas sharing one pool would
+        // starve each other (and the projections) under load.
+        let store = EventStore::connect_lazy(&config.database_url, 4).expect("a pool");
+        self.tasks
+            .spawn(services::run(service, config, store, self.shutdown.clone()));
     }
 
     /// A session token signed with this system's key.

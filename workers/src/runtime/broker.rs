@@ -140,6 +140,29 @@ pub async fn declare_service_queues(
         )
         .await?;
 
+    // Queries: their own queue so reads never wait behind writes. Classic, not quorum: a
+    // query changes nothing and its sender retries it, so it needs no replicated log (and each
+    // quorum queue costs a process and a log of its own).
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        text(&topology.dead_letter_exchange()),
+    );
+    args.insert("x-dead-letter-routing-key".into(), text(routing_key));
+    let queries = topology.query_queue(service);
+    channel
+        .queue_declare(queries.as_str().into(), durable, args)
+        .await?;
+    channel
+        .queue_bind(
+            queries.into(),
+            topology.commands_exchange().into(),
+            topology.query_routing_key(service).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
     // The retry queue has no consumer: messages wait out their TTL, then the broker
     // dead-letters them back to the commands exchange — a delay without a timer in any worker.
     let mut args = FieldTable::default();
@@ -157,13 +180,10 @@ pub async fn declare_service_queues(
         .await?;
 
     // Replies to the commands this service sends (only sagas consume it; declaring it for
-    // every service keeps the topology uniform). Quorum and dead-lettered like commands.
+    // every service keeps the topology uniform). Durable, with persistent messages: a reply
+    // survives a broker restart. Classic: replies come from our own workers, so the delivery
+    // limit that guards command queues against poison is not needed here.
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text("quorum"));
-    args.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(DELIVERY_LIMIT),
-    );
     args.insert(
         "x-dead-letter-exchange".into(),
         text(&topology.dead_letter_exchange()),

@@ -112,10 +112,20 @@ pub enum HandlerError {
     Transient(String),
 }
 
+/// Which of its service's queues a handler consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    Commands,
+    /// Read-only requests. They still pass through the inbox, so a repeated query id gets
+    /// the same answer — a snapshot, like any reply.
+    Queries,
+}
+
 /// Handles one service's messages inside a transaction the runtime opened.
 pub trait Handler: Send + Sync + 'static {
     type Command: Contract + Send + Sync + 'static;
     const SERVICE: Service;
+    const INPUT: Input = Input::Commands;
     /// Whether the worker also consumes the service's reply queue (sagas).
     const CONSUMES_REPLIES: bool = false;
 

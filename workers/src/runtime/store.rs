@@ -117,6 +117,9 @@ impl EventStore {
                 url: url.to_string(),
                 source,
             })?;
+        // An abandoned transaction would hold back the relay and projections (they wait until
+        // every older transaction ended), so the database ends any that idles for long.
+        let options = options.options([("idle_in_transaction_session_timeout", "60s")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -395,6 +398,13 @@ impl CommandTx {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| StoreError::from_append(e, stream_id, expected_version))?;
+        Ok(())
+    }
+
+    /// Rolls back now. Dropping a transaction also rolls back, but only when its connection is
+    /// next used; until then it holds back every gap-safe reader (see `log_reader`).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
         Ok(())
     }
 

@@ -35,7 +35,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::backoff::Backoff;
 use super::broker::{self, BrokerError};
 use super::config::Config;
-use super::handler::{Context, Destination, Dispatch, Handled, Handler, HandlerError};
+use super::handler::{Context, Destination, Dispatch, Handled, Handler, HandlerError, Input};
 use super::shutdown::Shutdown;
 use super::store::{Claim, EventStore, StoreError};
 use super::token::{self, Principal, TokenError};
@@ -84,7 +84,10 @@ impl<H: Handler> CommandWorker<H> {
     }
 
     fn inbox_name() -> String {
-        format!("{}.commands", H::SERVICE)
+        match H::INPUT {
+            Input::Commands => format!("{}.commands", H::SERVICE),
+            Input::Queries => format!("{}.queries", H::SERVICE),
+        }
     }
 
     /// Runs until `shutdown` fires, reconnecting to the broker with backoff whenever the
@@ -117,7 +120,10 @@ impl<H: Handler> CommandWorker<H> {
         let session = Arc::new(Session {
             publisher: broker::confirm_channel(&connection).await?,
         });
-        let mut queues = vec![self.topology.command_queue(H::SERVICE)];
+        let mut queues = vec![match H::INPUT {
+            Input::Commands => self.topology.command_queue(H::SERVICE),
+            Input::Queries => self.topology.query_queue(H::SERVICE),
+        }];
         if H::CONSUMES_REPLIES {
             queues.push(self.topology.reply_queue(H::SERVICE));
         }
@@ -276,14 +282,22 @@ impl<H: Handler> CommandWorker<H> {
                 }
             };
             let handled = match self.handler.handle(&mut tx, ctx, command).await {
-                Err(HandlerError::Store(StoreError::Conflict { .. }))
-                    if conflicts < MAX_CONFLICT_RETRIES =>
-                {
-                    conflicts += 1;
-                    debug!(conflicts, "version conflict; deciding again");
-                    continue;
+                Ok(handled) => handled,
+                Err(error) => {
+                    // Roll back now, not when the pooled connection is next used: an open
+                    // transaction holds back the relay.
+                    let _ = tx.rollback().await;
+                    match error {
+                        HandlerError::Store(StoreError::Conflict { .. })
+                            if conflicts < MAX_CONFLICT_RETRIES =>
+                        {
+                            conflicts += 1;
+                            debug!(conflicts, "version conflict; deciding again");
+                            continue;
+                        }
+                        other => return Err(other),
+                    }
                 }
-                other => other?,
             };
             let Handled {
                 reply,
@@ -338,6 +352,22 @@ impl<H: Handler> CommandWorker<H> {
                     .await;
                 }
                 parked
+            }
+            // A query is safe for its sender to repeat: answer at once instead of parking it.
+            Outcome::Transient(error) if H::INPUT == Input::Queries => {
+                warn!(%error, "query failed; telling the sender to retry");
+                self.reply(
+                    session,
+                    metadata,
+                    &Reply::Rejected {
+                        reason: Rejection::new(
+                            "unavailable",
+                            format!("the read model could not be read ({error}); try again"),
+                        ),
+                    },
+                )
+                .await;
+                Ok(())
             }
             Outcome::Transient(error) => {
                 let rounds = retry_count(message);

@@ -16,6 +16,15 @@ use crate::runtime::store::EventStore;
 use crate::runtime::worker::CommandWorker;
 use crate::runtime::{AggregateHandler, Config, Shutdown};
 
+/// A query's reply: accepted, no events, the answer in `result`.
+fn answer(result: serde_json::Value) -> eventline_events::Reply {
+    eventline_events::Reply::Accepted {
+        stream_id: eventline_events::values::StreamId::from_log("(query)".into()),
+        events: Vec::new(),
+        result: Some(result),
+    }
+}
+
 /// Runs one replica of `service` — its command worker and its read models — until shutdown.
 ///
 /// Every replica also runs its service's projections; the projection's checkpoint lock makes
@@ -34,6 +43,10 @@ pub async fn run(service: Service, config: Config, store: EventStore, shutdown: 
                 shutdown.clone(),
                 watch::Sender::new(0),
             ));
+            tasks.spawn(
+                CommandWorker::new(config.clone(), store.clone(), catalog::CatalogQueries)
+                    .run(shutdown.clone()),
+            );
             let handler = AggregateHandler::<catalog::Product>::default();
             tasks.spawn(CommandWorker::new(config, store, handler).run(shutdown));
         }
@@ -44,6 +57,10 @@ pub async fn run(service: Service, config: Config, store: EventStore, shutdown: 
                 shutdown.clone(),
                 watch::Sender::new(0),
             ));
+            tasks.spawn(
+                CommandWorker::new(config.clone(), store.clone(), orders::OrdersQueries)
+                    .run(shutdown.clone()),
+            );
             let handler = AggregateHandler::<orders::Order>::default();
             tasks.spawn(CommandWorker::new(config, store, handler).run(shutdown));
         }

@@ -5,6 +5,8 @@
 
 pub mod domain;
 pub mod projection;
+pub mod queries;
 
 pub use domain::{CatalogRejection, Product};
 pub use projection::ProductsProjection;
+pub use queries::CatalogQueries;

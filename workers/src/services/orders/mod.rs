@@ -15,6 +15,7 @@
 //! worker's restart. The saga is pure: [`Order::decide`] and [`Order::dispatch`] do no I/O.
 
 pub mod projection;
+pub mod queries;
 
 use eventline_events::auth::UserId;
 use eventline_events::catalog::{CommitReservation, ReleaseReservation, ReserveStock};
@@ -30,6 +31,7 @@ use crate::runtime::token::TokenError;
 use crate::runtime::{Aggregate, Context, Dispatch, RejectionReason, State};
 
 pub use projection::OrdersProjection;
+pub use queries::OrdersQueries;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrdersRejection {
