@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&plan.out)
         .with_context(|| format!("creating the output directory {}", plan.out.display()))?;
 
+    let load_average_before = procstat::load_average();
     let started = Instant::now();
     let started_at = OffsetDateTime::now_utc()
         .format(&Rfc3339)
@@ -85,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         started_at,
         seconds: started.elapsed().as_secs_f64(),
         cpus: procstat::cpu_count(),
+        load_average_before,
         eventline_binary: eventline.display().to_string(),
         namespace: system.namespace.to_string(),
         database: system.database_name.clone(),

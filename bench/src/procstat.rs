@@ -220,6 +220,17 @@ pub fn machine_ticks() -> Result<(u64, u64), ProcError> {
     Ok((total - idle, total))
 }
 
+/// The 1-minute load average (`/proc/loadavg`): on a shared machine, how busy it was
+/// before the bench added its own load.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Number of CPUs the machine has, for "% of the machine" figures.
 pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)

@@ -24,6 +24,8 @@ pub struct Meta {
     pub started_at: String,
     pub seconds: f64,
     pub cpus: usize,
+    /// 1-minute load average before the run started: other work on a shared machine.
+    pub load_average_before: Option<f64>,
     pub eventline_binary: String,
     pub namespace: String,
     pub database: String,
@@ -160,11 +162,13 @@ impl Report {
         let e = &self.end_to_end;
         writeln!(
             out,
-            "eventline bench  commit {}{}  {}  {} cpus  PostgreSQL {} (synchronous_commit={})  {:.0} s",
+            "eventline bench  commit {}{}  {}  {} cpus (load average {} before the run)  PostgreSQL {} (synchronous_commit={})  {:.0} s",
             m.commit.as_deref().map_or("?", |c| &c[..c.len().min(10)]),
             if m.dirty == Some(true) { "+dirty" } else { "" },
             m.started_at,
             m.cpus,
+            m.load_average_before
+                .map_or("n/a".to_owned(), |l| format!("{l:.1}")),
             d.server_version,
             d.synchronous_commit,
             m.seconds
@@ -263,6 +267,21 @@ impl Report {
                 p.conflicts
             )?;
         }
+        let worst = |lag: fn(&PointReport) -> i64| {
+            e.scaling
+                .iter()
+                .chain(e.offered.iter())
+                .chain([&e.conflict_heavy, &e.log_growth.short_streams])
+                .map(lag)
+                .max()
+                .unwrap_or(0)
+        };
+        writeln!(
+            out,
+            "  relay / projection behind the log when a point ended: at most {} / {} events",
+            worst(|p| p.relay_lag),
+            worst(|p| p.projection_lag)
+        )?;
         let fill = &e.log_growth.fill;
         writeln!(
             out,
