@@ -24,9 +24,10 @@ mod report;
 mod system;
 mod usage;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use clap::Parser;
@@ -61,7 +62,12 @@ async fn main() -> anyhow::Result<()> {
     let started_at = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default();
-    let mut system = System::create(&plan, eventline.clone()).await?;
+    let mut system = within(
+        "creating the namespace and database",
+        SETUP_PATIENCE,
+        System::create(&plan, eventline.clone()),
+    )
+    .await?;
     eprintln!(
         "eventline-bench: namespace {}, database {}, workers from {}",
         system.namespace,
@@ -71,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let progress = Progress::new(step_count(&plan));
     let outcome = tokio::select! {
         result = measure(&plan, &mut system, &progress) => result,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        signal = interrupted() => Err(anyhow!("interrupted by {signal}")),
     };
     progress.finish();
     let meta = Meta {
@@ -139,39 +145,75 @@ async fn measure(
     system: &mut System,
     progress: &Progress,
 ) -> anyhow::Result<(BrokerFigures, DbFigures, EndToEnd)> {
-    let raw_broker = raw_broker::measure(plan, &system.namespace, progress).await?;
-    let raw_database =
-        raw_db::measure(plan, &system.database_url, &system.database_name, progress).await?;
+    let raw_patience = plan.raw_duration * 12 + SETUP_PATIENCE;
+    let raw_broker = within(
+        "the raw broker test",
+        raw_patience,
+        raw_broker::measure(plan, &system.namespace, progress),
+    )
+    .await?;
+    let raw_database = within(
+        "the raw database test",
+        raw_patience,
+        raw_db::measure(plan, &system.database_url, &system.database_name, progress),
+    )
+    .await?;
 
     progress.phase("starting the relay and workers");
-    system.connect_clients(plan.clients).await?;
+    within(
+        "connecting the clients",
+        SETUP_PATIENCE,
+        system.connect_clients(plan.clients),
+    )
+    .await?;
     let base = plan.base_replicas();
-    system.start(base).await?;
+    within("starting the workers", SETUP_PATIENCE, system.start(base)).await?;
 
-    let workload = system.seed("s", plan.products, progress).await?;
+    let workload = within(
+        "adding products",
+        SETUP_PATIENCE,
+        system.seed("s", plan.products, progress),
+    )
+    .await?;
     let saturation = point(plan, system, progress, "saturation", &workload, None).await?;
 
     let mut offered = Vec::new();
     for (i, fraction) in plan.offered_fractions.iter().enumerate() {
-        let workload = system
-            .seed(&format!("o{i}"), plan.products, progress)
-            .await?;
+        let workload = within(
+            "adding products",
+            SETUP_PATIENCE,
+            system.seed(&format!("o{i}"), plan.products, progress),
+        )
+        .await?;
         let rate = fraction * saturation.load.achieved_per_s;
         let label = format!("{:.0}% of saturation", fraction * 100.0);
         offered.push(point(plan, system, progress, &label, &workload, Some(rate)).await?);
     }
 
-    let hot = system.seed("h", plan.hot_products, progress).await?;
+    let hot = within(
+        "adding products",
+        SETUP_PATIENCE,
+        system.seed("h", plan.hot_products, progress),
+    )
+    .await?;
     let label = format!("conflict-heavy, {} products", plan.hot_products);
     let conflict_heavy = point(plan, system, progress, &label, &hot, None).await?;
 
     let mut scaling = vec![saturation.clone()];
     for &replicas in &plan.replicas[1..] {
         progress.phase(format!("restarting with {replicas} replicas"));
-        system.start(replicas).await?;
-        let workload = system
-            .seed(&format!("r{replicas}"), plan.products, progress)
-            .await?;
+        within(
+            "starting the workers",
+            SETUP_PATIENCE,
+            system.start(replicas),
+        )
+        .await?;
+        let workload = within(
+            "adding products",
+            SETUP_PATIENCE,
+            system.seed(&format!("r{replicas}"), plan.products, progress),
+        )
+        .await?;
         let label = format!("saturation, {replicas} replicas");
         scaling.push(point(plan, system, progress, &label, &workload, None).await?);
     }
@@ -185,8 +227,13 @@ async fn measure(
         "log         filled {} events in {:.1} s",
         fill.events, fill.seconds
     ));
-    system.start(base).await?;
-    let workload = system.seed("g", plan.products, progress).await?;
+    within("starting the workers", SETUP_PATIENCE, system.start(base)).await?;
+    let workload = within(
+        "adding products",
+        SETUP_PATIENCE,
+        system.seed("g", plan.products, progress),
+    )
+    .await?;
     let log_events = system.log_mark().await?.events;
     let label = format!("log {}, new streams", compact(log_events));
     let short_streams = point(plan, system, progress, &label, &workload, None).await?;
@@ -244,13 +291,22 @@ async fn point(
         progress,
         label,
     };
+    // Every command ends within the request timeout, so a point that runs much longer than
+    // its window means a service stopped answering.
+    let patience = plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE;
     let (load, usage) = match rate {
         None => {
             let mut probe = UsageProbe::new(&system.database_name);
-            let load = load::closed_loop(&spec, plan.clients, &mut probe).await;
+            let closed = async {
+                Ok::<_, anyhow::Error>(load::closed_loop(&spec, plan.clients, &mut probe).await)
+            };
+            let load = within(label, patience, closed).await?;
             (load, probe.usage)
         }
-        Some(rate) => (load::open_loop(&spec, rate).await, None),
+        Some(rate) => {
+            let open = async { Ok::<_, anyhow::Error>(load::open_loop(&spec, rate).await) };
+            (within(label, patience, open).await?, None)
+        }
     };
     let (appended, conflicts) = system.since(before).await?;
     let (relay_lag, projection_lag) = system.lags().await?;
@@ -285,6 +341,43 @@ async fn point(
         plan.out.join("logs").display()
     );
     Ok(report)
+}
+
+/// How long connecting, declaring or seeding may take before the run is declared stuck.
+const SETUP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs `work`, or fails after `patience` saying what was stuck: without it, a broker that
+/// stops answering (it happens when RabbitMQ runs out of file handles) hangs the bench
+/// forever and leaves its namespace and database behind.
+async fn within<T, E: Into<anyhow::Error>>(
+    what: &str,
+    patience: Duration,
+    work: impl Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(patience, work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => bail!(
+            "{what} did not finish within {patience:?}; RabbitMQ or PostgreSQL may have stopped \
+             answering (for RabbitMQ, check `rabbitmqctl status` for file handles and alarms)"
+        ),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `timeout` and CI send), naming the signal, so that the
+/// run still removes what it created.
+async fn interrupted() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => return "SIGTERM",
+                _ = tokio::signal::ctrl_c() => return "Ctrl-C",
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "Ctrl-C"
 }
 
 fn step_count(plan: &Plan) -> u64 {
