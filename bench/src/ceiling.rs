@@ -1,0 +1,212 @@
+//! The ceiling E*: how many commands per second the raw figures of this run allow, and
+//! how close eventline gets (E/E*).
+//!
+//! The model charges each command what it must cost on each shared resource, and nothing for
+//! the worker's own CPU (that is the overhead E/E* exposes):
+//!
+//! - broker: one confirmed persistent publish to the quorum command queue, one delivery +
+//!   ack from it, one confirmed reply publish to the client's exclusive queue, one confirmed
+//!   event publish by the relay. Each was measured alone at full speed, so each costs
+//!   1/rate seconds of broker; they add up because one broker does all four;
+//! - database: one command transaction (inbox claim + stream read + append + reply update),
+//!   measured alone on 8 connections, a worker's pool size;
+//! - CPU: the broker and the database share the machine's cores (with each other, the
+//!   workers and the clients). Each raw operation's CPU on its server was measured from
+//!   `/proc` while it ran; a command costs the sum, and the machine has `cpus` seconds of CPU
+//!   per second. This is the resource that binds on a small machine.
+//!
+//! E* = min over the three of capacity / cost per command. The workers' and clients' own CPU
+//! is charged nothing: it is the overhead that E/E* exposes.
+
+use crate::raw_broker::BrokerFigures;
+use crate::raw_db::DbFigures;
+
+/// One cost line of the model.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Cost {
+    pub resource: &'static str,
+    pub operation: &'static str,
+    pub per_command: f64,
+    /// The operation's raw rate, per second.
+    pub raw_per_s: f64,
+    /// Microseconds of the resource per command.
+    pub micros: f64,
+    /// Microseconds of the serving process's CPU (RabbitMQ or PostgreSQL) per operation.
+    pub cpu_micros: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Ceiling {
+    pub costs: Vec<Cost>,
+    pub broker_per_s: f64,
+    pub database_per_s: f64,
+    /// Commands per second the machine's cores allow for the services' CPU alone.
+    pub cpu_per_s: f64,
+    pub cpus: usize,
+    /// Database capacity if several commands shared one commit (the raw 100-row figure):
+    /// what batching in the worker would allow. Not part of E*.
+    pub database_if_batched_per_s: f64,
+    pub e_star: f64,
+    pub bound_by: &'static str,
+    /// Saturation at the base replica count.
+    pub e: f64,
+    pub ratio: f64,
+    /// Best saturation over every replica count measured.
+    pub e_best: f64,
+    pub ratio_best: f64,
+}
+
+fn per_second(rate: f64) -> f64 {
+    if rate > 0.0 {
+        1.0 / rate
+    } else {
+        f64::INFINITY
+    }
+}
+
+pub fn compute(
+    broker: &BrokerFigures,
+    db: &DbFigures,
+    cpus: usize,
+    e: f64,
+    e_best: f64,
+) -> Ceiling {
+    let costs = vec![
+        Cost {
+            resource: "broker",
+            operation: "confirmed publish, quorum command queue",
+            per_command: 1.0,
+            raw_per_s: broker.quorum.publish_per_s,
+            micros: per_second(broker.quorum.publish_per_s) * 1e6,
+            cpu_micros: broker.quorum.publish_cpu_us,
+        },
+        Cost {
+            resource: "broker",
+            operation: "delivery + ack, quorum command queue",
+            per_command: 1.0,
+            raw_per_s: broker.quorum.consume_per_s,
+            micros: per_second(broker.quorum.consume_per_s) * 1e6,
+            cpu_micros: broker.quorum.consume_cpu_us,
+        },
+        Cost {
+            resource: "broker",
+            operation: "confirmed reply publish, exclusive queue",
+            per_command: 1.0,
+            raw_per_s: broker.reply_publish_per_s,
+            micros: per_second(broker.reply_publish_per_s) * 1e6,
+            cpu_micros: broker.reply_cpu_us,
+        },
+        Cost {
+            resource: "broker",
+            operation: "confirmed event publish (relay), topic exchange",
+            per_command: 1.0,
+            raw_per_s: broker.event_publish_per_s,
+            micros: per_second(broker.event_publish_per_s) * 1e6,
+            cpu_micros: broker.event_cpu_us,
+        },
+        Cost {
+            resource: "database",
+            operation: "command transaction (inbox+read+append+reply), 8 conns",
+            per_command: 1.0,
+            raw_per_s: db.command_txn_8.commits_per_s,
+            micros: per_second(db.command_txn_8.commits_per_s) * 1e6,
+            cpu_micros: db.command_txn_8.cpu_us_per_commit,
+        },
+    ];
+    let total = |resource: &str| -> f64 {
+        costs
+            .iter()
+            .filter(|c| c.resource == resource)
+            .map(|c| c.micros * c.per_command)
+            .sum()
+    };
+    let broker_per_s = 1e6 / total("broker");
+    let database_per_s = 1e6 / total("database");
+    let cpu_total: f64 = costs.iter().map(|c| c.cpu_micros * c.per_command).sum();
+    // Unmeasurable (no /proc) or zero CPU leaves the CPU resource out of the minimum.
+    let cpu_per_s = if cpu_total.is_finite() && cpu_total > 0.0 {
+        cpus as f64 * 1e6 / cpu_total
+    } else {
+        f64::INFINITY
+    };
+    let (e_star, bound_by) = [
+        (broker_per_s, "broker"),
+        (database_per_s, "database"),
+        (cpu_per_s, "services' CPU"),
+    ]
+    .into_iter()
+    .min_by(|a, b| a.0.total_cmp(&b.0))
+    .unwrap_or((f64::INFINITY, "nothing"));
+    let ratio = |e: f64| if e_star > 0.0 { e / e_star } else { 0.0 };
+    Ceiling {
+        database_if_batched_per_s: db.batched_8.rows_per_s,
+        costs,
+        broker_per_s,
+        database_per_s,
+        cpu_per_s,
+        cpus,
+        e_star,
+        bound_by,
+        e,
+        ratio: ratio(e),
+        e_best,
+        ratio_best: ratio(e_best),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raw_broker::QueueFigures;
+    use crate::raw_db::Rate;
+
+    #[test]
+    fn broker_costs_add_up_and_the_slower_resource_bounds() {
+        let broker = BrokerFigures {
+            quorum: QueueFigures {
+                publish_per_s: 10_000.0,
+                consume_per_s: 40_000.0,
+                ..QueueFigures::default()
+            },
+            reply_publish_per_s: 40_000.0,
+            event_publish_per_s: 20_000.0,
+            ..BrokerFigures::default()
+        };
+        let db = DbFigures {
+            command_txn_8: Rate {
+                commits_per_s: 5_000.0,
+                ..Rate::default()
+            },
+            ..DbFigures::default()
+        };
+        // 100 + 25 + 25 + 50 = 200 µs of broker per command: 5000 cmd/s; database 5000 too.
+        let c = compute(&broker, &db, 2, 2_500.0, 4_000.0);
+        assert!(
+            c.cpu_per_s.is_infinite(),
+            "no CPU figures: CPU does not bind"
+        );
+        assert!((c.broker_per_s - 5_000.0).abs() < 1e-6);
+        assert!((c.e_star - 5_000.0).abs() < 1e-6);
+        assert!((c.ratio - 0.5).abs() < 1e-9);
+        assert!((c.ratio_best - 0.8).abs() < 1e-9);
+
+        let slower_db = DbFigures {
+            command_txn_8: Rate {
+                commits_per_s: 1_000.0,
+                ..Rate::default()
+            },
+            ..DbFigures::default()
+        };
+        let c = compute(&broker, &slower_db, 2, 500.0, 500.0);
+        assert_eq!(c.bound_by, "database");
+        assert!((c.e_star - 1_000.0).abs() < 1e-6);
+
+        // 800 µs of server CPU per command on 2 cores: 2500 cmd/s, below broker and database.
+        let mut cpu_bound = slower_db.clone();
+        cpu_bound.command_txn_8.commits_per_s = 1e9;
+        cpu_bound.command_txn_8.cpu_us_per_commit = 800.0;
+        let c = compute(&broker, &cpu_bound, 2, 500.0, 500.0);
+        assert_eq!(c.bound_by, "services' CPU");
+        assert!((c.cpu_per_s - 2_500.0).abs() < 1e-6);
+    }
+}

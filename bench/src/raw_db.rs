@@ -1,0 +1,371 @@
+//! The database alone: how many event rows and command transactions per second PostgreSQL
+//! commits when nothing else is in the way.
+//!
+//! Rows go to scratch copies of the real tables (`CREATE TABLE … (LIKE event_log INCLUDING
+//! ALL)`: same columns, identity, constraints and indexes, including the correlation-id
+//! expression index), in the run's own database, and the copies are dropped afterwards, so the
+//! end-to-end log starts empty. Every commit is durable with the server's own settings,
+//! which the report records (`synchronous_commit`).
+//!
+//! Four shapes: single-row INSERT commits on 1 and 8 connections; the runtime's UNNEST append
+//! with 100 rows per commit on 1 and 8 connections; and the worker's command transaction —
+//! inbox claim, stream read, append, reply update — on 8 connections, the pool size of a
+//! worker. The last is what the ceiling model charges a command on the database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use eventline_events::catalog::{CatalogEvent, StockReserved};
+use eventline_events::values::{OrderId, ProductId, Quantity};
+use eventline_events::{CausationId, Contract, CorrelationId, EventId, MessageId, Reply};
+use eventline_workers::runtime::SecretUrl;
+use eventline_workers::runtime::store::EventMetadata;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinSet;
+
+use crate::options::Plan;
+use crate::progress::Progress;
+use crate::usage::{micros_per, with_usage};
+
+const BATCH_ROWS: usize = 100;
+
+/// One shape's result.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Rate {
+    pub connections: usize,
+    pub commits: u64,
+    pub rows_per_commit: usize,
+    pub commits_per_s: f64,
+    pub rows_per_s: f64,
+    /// Command transactions only: appends that lost a version race and were retried.
+    pub conflicts: u64,
+    /// CPU of this database's PostgreSQL processes per commit, in µs.
+    pub cpu_us_per_commit: f64,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DbFigures {
+    pub server_version: String,
+    pub synchronous_commit: String,
+    pub shared_buffers: String,
+    pub single_row_1: Rate,
+    pub single_row_8: Rate,
+    pub batched_1: Rate,
+    pub batched_8: Rate,
+    /// The worker's transaction per command (inbox + read + append + reply), 8 connections.
+    pub command_txn_8: Rate,
+}
+
+const CREATE: &str = "CREATE TABLE bench_raw_log (LIKE event_log INCLUDING ALL); \
+                      CREATE TABLE bench_raw_inbox (LIKE processed_messages INCLUDING ALL);";
+const DROP: &str = "DROP TABLE IF EXISTS bench_raw_log; DROP TABLE IF EXISTS bench_raw_inbox;";
+
+// One event per statement; autocommit makes each its own durable commit.
+const INSERT_ONE: &str = "INSERT INTO bench_raw_log \
+     (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
+     VALUES ($1, $2, $3, $4, 1, $5, $6)";
+
+// The runtime's append statement (workers/src/runtime/store.rs), on the scratch table.
+const APPEND: &str = "INSERT INTO bench_raw_log \
+     (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
+     SELECT $1, v, id, t, $5, d, $7 \
+     FROM unnest($2::bigint[], $3::uuid[], $4::text[], $6::jsonb[]) AS e(v, id, t, d)";
+
+// The same batch shape across many streams (one per row), as a batching writer would send.
+const APPEND_MANY: &str = "INSERT INTO bench_raw_log \
+     (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
+     SELECT s, v, id, t, 1, d, $6 \
+     FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::jsonb[]) AS e(s, v, id, t, d)";
+
+/// What every row carries: a `stock_reserved` body and an event's metadata, as the runtime
+/// serialises them.
+#[derive(Clone)]
+struct Shape {
+    event_type: &'static str,
+    data: serde_json::Value,
+    metadata: serde_json::Value,
+    reply: serde_json::Value,
+}
+
+impl Shape {
+    fn new() -> Self {
+        let event = CatalogEvent::from(StockReserved {
+            product_id: ProductId::parse("s1-0042".into()).expect("a valid product id"),
+            order_id: OrderId::new(),
+            quantity: Quantity::parse(1).expect("1 is a valid quantity"),
+            unit_price: eventline_events::values::Money::ZERO,
+        });
+        let metadata = EventMetadata {
+            correlation_id: CorrelationId::new(),
+            causation_id: CausationId::new(),
+            recorded_by: "catalog-1".into(),
+        };
+        let reply = Reply::Accepted {
+            stream_id: ProductId::parse("s1-0042".into())
+                .expect("a valid product id")
+                .stream_id(),
+            events: vec![eventline_events::reply::ReplyEvent {
+                event_id: EventId::new(),
+                message_type: event.message_type().to_owned(),
+                stream_version: 1,
+                data: event.to_json(),
+            }],
+            result: None,
+        };
+        Self {
+            event_type: event.message_type(),
+            data: event.to_json(),
+            metadata: serde_json::to_value(&metadata).unwrap_or_default(),
+            reply: serde_json::to_value(&reply).unwrap_or_default(),
+        }
+    }
+}
+
+pub async fn measure(
+    plan: &Plan,
+    database_url: &SecretUrl,
+    database: &str,
+    progress: &Progress,
+) -> anyhow::Result<DbFigures> {
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(database_url.expose())
+        .await
+        .with_context(|| format!("connecting to {database_url} for the raw database test"))?;
+    sqlx::raw_sql(DROP).execute(&pool).await?;
+    sqlx::raw_sql(CREATE).execute(&pool).await?;
+    let setting = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(&format!("SHOW {name}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap_or_default()
+        }
+    };
+    let mut figures = DbFigures {
+        server_version: setting("server_version").await,
+        synchronous_commit: setting("synchronous_commit").await,
+        shared_buffers: setting("shared_buffers").await,
+        ..DbFigures::default()
+    };
+    let shape = Shape::new();
+    let duration = plan.raw_duration;
+
+    let cases: [(&str, usize, usize); 4] = [
+        ("single-row commits, 1 connection", 1, 1),
+        ("single-row commits, 8 connections", 8, 1),
+        ("100-row commits, 1 connection", 1, BATCH_ROWS),
+        ("100-row commits, 8 connections", 8, BATCH_ROWS),
+    ];
+    for (case, (name, connections, rows)) in cases.into_iter().enumerate() {
+        progress.phase(format!("raw database: {name}"));
+        let (rate, usage) = with_usage(
+            database,
+            inserts(&pool, &shape, case, connections, rows, duration),
+        )
+        .await;
+        let mut rate = rate?;
+        rate.cpu_us_per_commit = micros_per(&usage, "postgres", rate.commits);
+        progress.done(format!(
+            "raw database  {name:<34} {:>8.0} rows/s ({:.0} commits/s)",
+            rate.rows_per_s, rate.commits_per_s
+        ));
+        match case {
+            0 => figures.single_row_1 = rate,
+            1 => figures.single_row_8 = rate,
+            2 => figures.batched_1 = rate,
+            _ => figures.batched_8 = rate,
+        }
+    }
+
+    progress.phase("raw database: command transactions, 8 connections");
+    let (rate, usage) = with_usage(
+        database,
+        command_transactions(&pool, &shape, plan.products, 8, duration),
+    )
+    .await;
+    figures.command_txn_8 = rate?;
+    figures.command_txn_8.cpu_us_per_commit =
+        micros_per(&usage, "postgres", figures.command_txn_8.commits);
+    progress.done(format!(
+        "raw database  {:<34} {:>8.0} txn/s ({} version conflicts)",
+        "command transactions, 8 connections",
+        figures.command_txn_8.commits_per_s,
+        figures.command_txn_8.conflicts
+    ));
+
+    sqlx::raw_sql(DROP).execute(&pool).await?;
+    pool.close().await;
+    Ok(figures)
+}
+
+/// `connections` writers, each committing `rows` new events per statement to streams of its
+/// own (no conflicts), for `duration`.
+async fn inserts(
+    pool: &PgPool,
+    shape: &Shape,
+    case: usize,
+    connections: usize,
+    rows: usize,
+    duration: Duration,
+) -> anyhow::Result<Rate> {
+    let started = Instant::now();
+    let end = started + duration;
+    let shape = Arc::new(shape.clone());
+    let mut writers = JoinSet::new();
+    for writer in 0..connections {
+        let pool = pool.clone();
+        let shape = shape.clone();
+        writers.spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let stream = format!("catalog.product-raw{case}-{writer}");
+            let mut version = 0i64;
+            let mut commits = 0u64;
+            while Instant::now() < end {
+                if rows == 1 {
+                    version += 1;
+                    sqlx::query(INSERT_ONE)
+                        .bind(&stream)
+                        .bind(version)
+                        .bind(EventId::new().as_uuid())
+                        .bind(shape.event_type)
+                        .bind(&shape.data)
+                        .bind(&shape.metadata)
+                        .execute(&mut *conn)
+                        .await?;
+                } else {
+                    // One stream per row, as a writer batching many commands would append.
+                    let streams: Vec<String> = (0..rows).map(|i| format!("{stream}-{i}")).collect();
+                    version += 1;
+                    let versions = vec![version; rows];
+                    let ids: Vec<uuid::Uuid> =
+                        (0..rows).map(|_| EventId::new().as_uuid()).collect();
+                    let types = vec![shape.event_type; rows];
+                    let data = vec![shape.data.clone(); rows];
+                    sqlx::query(APPEND_MANY)
+                        .bind(&streams)
+                        .bind(&versions)
+                        .bind(&ids)
+                        .bind(&types)
+                        .bind(&data)
+                        .bind(&shape.metadata)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                commits += 1;
+            }
+            Ok::<u64, sqlx::Error>(commits)
+        });
+    }
+    let mut commits = 0;
+    while let Some(joined) = writers.join_next().await {
+        commits += joined.context("a raw database writer panicked")??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Rate {
+        connections,
+        commits,
+        rows_per_commit: rows,
+        commits_per_s: commits as f64 / seconds,
+        rows_per_s: (commits * rows as u64) as f64 / seconds,
+        conflicts: 0,
+        cpu_us_per_commit: 0.0,
+    })
+}
+
+/// The worker's transaction, statement for statement (see `EventStore::begin_command`,
+/// `CommandTx::load_stream`, `append`, `commit`), on `products` streams chosen at random.
+async fn command_transactions(
+    pool: &PgPool,
+    shape: &Shape,
+    products: usize,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Rate> {
+    let started = Instant::now();
+    let end = started + duration;
+    let shape = Arc::new(shape.clone());
+    let mut writers = JoinSet::new();
+    for _ in 0..connections {
+        let pool = pool.clone();
+        let shape = shape.clone();
+        writers.spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let (mut commits, mut conflicts) = (0u64, 0u64);
+            while Instant::now() < end {
+                let stream = format!("catalog.product-rawcmd-{}", fastrand::usize(..products));
+                let message_id = MessageId::new().as_uuid();
+                let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+                sqlx::query(
+                    "INSERT INTO bench_raw_inbox (consumer, message_id, handled_by) \
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind("catalog.commands")
+                .bind(message_id)
+                .bind("bench")
+                .execute(&mut *tx)
+                .await?;
+                let history: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(
+                    "SELECT stream_version, event_type, data FROM bench_raw_log \
+                     WHERE stream_id = $1 ORDER BY stream_version",
+                )
+                .bind(&stream)
+                .fetch_all(&mut *tx)
+                .await?;
+                let version = history.last().map_or(0, |row| row.0);
+                let appended = sqlx::query(APPEND)
+                    .bind(&stream)
+                    .bind(vec![version + 1])
+                    .bind(vec![EventId::new().as_uuid()])
+                    .bind(vec![shape.event_type])
+                    .bind(1i32)
+                    .bind(vec![shape.data.clone()])
+                    .bind(&shape.metadata)
+                    .execute(&mut *tx)
+                    .await;
+                match appended {
+                    Ok(_) => {}
+                    Err(error)
+                        if error.as_database_error().and_then(|e| e.code()).as_deref()
+                            == Some("23505") =>
+                    {
+                        tx.rollback().await?;
+                        conflicts += 1;
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
+                sqlx::query(
+                    "UPDATE bench_raw_inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2",
+                )
+                .bind("catalog.commands")
+                .bind(message_id)
+                .bind(&shape.reply)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                commits += 1;
+            }
+            Ok::<(u64, u64), sqlx::Error>((commits, conflicts))
+        });
+    }
+    let (mut commits, mut conflicts) = (0, 0);
+    while let Some(joined) = writers.join_next().await {
+        let (c, k) = joined.context("a raw database writer panicked")??;
+        commits += c;
+        conflicts += k;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Rate {
+        connections,
+        commits,
+        rows_per_commit: 1,
+        commits_per_s: commits as f64 / seconds,
+        rows_per_s: commits as f64 / seconds,
+        conflicts,
+        cpu_us_per_commit: 0.0,
+    })
+}

@@ -1,0 +1,417 @@
+//! The run's results: one serialisable [`Report`] (written as `bench.json`, to compare
+//! commits) and the table printed from it.
+//!
+//! The JSON holds every figure the table shows and more (each worker's CPU and memory, the
+//! CPU of every component at every saturation point, errors); the table is for a person
+//! reading one run. Targets are reported as met or missed, never asserted.
+
+use std::fmt::Write as _;
+
+use crate::ceiling::Ceiling;
+use crate::load::LoadResult;
+use crate::options::Plan;
+use crate::raw_broker::BrokerFigures;
+use crate::raw_db::DbFigures;
+use crate::system::Fill;
+use crate::usage::Usage;
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Meta {
+    pub bench_version: &'static str,
+    /// `git rev-parse HEAD` of the workspace, and whether the tree had changes.
+    pub commit: Option<String>,
+    pub dirty: Option<bool>,
+    pub started_at: String,
+    pub seconds: f64,
+    pub cpus: usize,
+    /// 1-minute load average before the run started: other work on a shared machine.
+    pub load_average_before: Option<f64>,
+    pub eventline_binary: String,
+    pub namespace: String,
+    pub database: String,
+}
+
+/// One end-to-end load point.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PointReport {
+    pub label: String,
+    pub replicas: usize,
+    pub products: usize,
+    /// Events in the log when the point started.
+    pub log_events: i64,
+    pub load: LoadResult,
+    /// Events appended during the point (warm-up included).
+    pub appended: i64,
+    /// Positions burned by appends that lost a version race and were retried.
+    pub conflicts: i64,
+    /// Events not yet relayed / projected when the point ended.
+    pub relay_lag: i64,
+    pub projection_lag: i64,
+    /// CPU and memory over the window (saturation points only).
+    pub usage: Option<Usage>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LogGrowth {
+    pub fill: Fill,
+    pub short_streams: PointReport,
+    pub long_streams: PointReport,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct EndToEnd {
+    pub command: &'static str,
+    pub clients: usize,
+    pub saturation: PointReport,
+    pub offered: Vec<PointReport>,
+    pub conflict_heavy: PointReport,
+    pub scaling: Vec<PointReport>,
+    pub log_growth: LogGrowth,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Target {
+    pub name: &'static str,
+    pub goal: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    pub meta: Meta,
+    pub plan: Plan,
+    pub raw_broker: BrokerFigures,
+    pub raw_database: DbFigures,
+    pub end_to_end: EndToEnd,
+    pub ceiling: Ceiling,
+    pub targets: Vec<Target>,
+}
+
+impl Report {
+    /// The targets of the issue, each against what this run measured.
+    pub fn targets(e2e: &EndToEnd, ceiling: &Ceiling) -> Vec<Target> {
+        let best = e2e
+            .scaling
+            .iter()
+            .max_by(|a, b| a.load.achieved_per_s.total_cmp(&b.load.achieved_per_s));
+        let at_70 = e2e
+            .offered
+            .iter()
+            .find(|p| p.label.starts_with("70%"))
+            .map(|p| p.load.latency.p99_ms);
+        let peak_rss = e2e
+            .scaling
+            .iter()
+            .chain([&e2e.saturation, &e2e.log_growth.short_streams])
+            .filter_map(|p| p.usage.as_ref())
+            .flat_map(|u| u.workers.iter().map(|w| w.peak_rss_mib))
+            .fold(0.0_f64, f64::max);
+        let mut targets = vec![];
+        if let Some(best) = best {
+            targets.push(Target {
+                name: "catalog command end to end",
+                goal: ">= 5000 cmd/s".into(),
+                measured: format!(
+                    "{:.0} cmd/s ({} replica{})",
+                    best.load.achieved_per_s,
+                    best.replicas,
+                    if best.replicas == 1 { "" } else { "s" }
+                ),
+                met: best.load.achieved_per_s >= 5000.0,
+            });
+        }
+        targets.push(Target {
+            name: "E/E*",
+            goal: ">= 0.75".into(),
+            measured: format!(
+                "{:.2} (best), {:.2} (base)",
+                ceiling.ratio_best, ceiling.ratio
+            ),
+            met: ceiling.ratio_best >= 0.75,
+        });
+        if let Some(p99) = at_70 {
+            targets.push(Target {
+                name: "p99 at 70% of saturation",
+                goal: "<= 20 ms".into(),
+                measured: format!("{p99:.1} ms"),
+                met: p99 <= 20.0,
+            });
+        }
+        targets.push(Target {
+            name: "worker RSS (peak)",
+            goal: "<= 64 MiB".into(),
+            measured: format!("{peak_rss:.1} MiB"),
+            met: peak_rss > 0.0 && peak_rss <= 64.0,
+        });
+        targets
+    }
+
+    /// The table a person reads.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_table(&mut out);
+        out
+    }
+
+    fn write_table(&self, out: &mut String) -> std::fmt::Result {
+        let m = &self.meta;
+        let b = &self.raw_broker;
+        let d = &self.raw_database;
+        let e = &self.end_to_end;
+        writeln!(
+            out,
+            "eventline bench  commit {}{}  {}  {} cpus (load average {} before the run)  PostgreSQL {} (synchronous_commit={})  {:.0} s",
+            m.commit.as_deref().map_or("?", |c| &c[..c.len().min(10)]),
+            if m.dirty == Some(true) { "+dirty" } else { "" },
+            m.started_at,
+            m.cpus,
+            m.load_average_before
+                .map_or("n/a".to_owned(), |l| format!("{l:.1}")),
+            d.server_version,
+            d.synchronous_commit,
+            m.seconds
+        )?;
+
+        writeln!(
+            out,
+            "\nRAW BROKER  reserve_stock command: {} B body + {} B headers, persistent; confirm window {}, prefetch {}, ack each",
+            b.command_body_bytes, b.command_header_bytes, b.confirm_window, b.prefetch
+        )?;
+        writeln!(out, "  {:<44} {:>12} {:>12}", "", "publish/s", "consume/s")?;
+        for (name, q) in [
+            ("classic durable queue", &b.classic),
+            ("quorum queue (the command queue's declaration)", &b.quorum),
+        ] {
+            writeln!(
+                out,
+                "  {name:<44} {:>12} {:>12}",
+                rate(q.publish_per_s),
+                rate(q.consume_per_s)
+            )?;
+        }
+        writeln!(
+            out,
+            "  {:<44} {:>12}",
+            "reply to an exclusive queue (drained)",
+            rate(b.reply_publish_per_s)
+        )?;
+        writeln!(
+            out,
+            "  {:<44} {:>12}",
+            "event to the topic exchange (unbound)",
+            rate(b.event_publish_per_s)
+        )?;
+
+        writeln!(
+            out,
+            "\nRAW DATABASE  rows shaped like event_log, durable commits"
+        )?;
+        writeln!(out, "  {:<44} {:>12} {:>12}", "", "rows/s", "commits/s")?;
+        for (name, r) in [
+            ("single-row INSERT, 1 connection", &d.single_row_1),
+            ("single-row INSERT, 8 connections", &d.single_row_8),
+            ("UNNEST 100 rows/commit, 1 connection", &d.batched_1),
+            ("UNNEST 100 rows/commit, 8 connections", &d.batched_8),
+            ("command transaction, 8 connections", &d.command_txn_8),
+        ] {
+            writeln!(
+                out,
+                "  {name:<44} {:>12} {:>12}",
+                rate(r.rows_per_s),
+                rate(r.commits_per_s)
+            )?;
+        }
+
+        writeln!(
+            out,
+            "\nEND TO END  {} (quantity 1, fresh order), {} clients, published -> committed -> replied; latency from (scheduled) publish to reply",
+            e.command, e.clients
+        )?;
+        writeln!(
+            out,
+            "  {:<30} {:>4} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6}",
+            "point",
+            "repl",
+            "offered",
+            "cmd/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "errors",
+            "confl"
+        )?;
+        let mut rows: Vec<&PointReport> = vec![&e.saturation];
+        rows.extend(e.offered.iter());
+        rows.push(&e.conflict_heavy);
+        rows.extend(e.scaling.iter().skip(1));
+        rows.push(&e.log_growth.short_streams);
+        rows.push(&e.log_growth.long_streams);
+        for p in rows {
+            let l = &p.load;
+            writeln!(
+                out,
+                "  {:<30} {:>4} {:>9} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>7} {:>6}",
+                p.label,
+                p.replicas,
+                l.offered_per_s
+                    .map_or("closed".into(), |o| format!("{o:.0}")),
+                format!("{:.0}", l.achieved_per_s),
+                l.latency.p50_ms,
+                l.latency.p95_ms,
+                l.latency.p99_ms,
+                l.latency.max_ms,
+                l.errors + l.rejected + l.dropped,
+                p.conflicts
+            )?;
+        }
+        let worst = |lag: fn(&PointReport) -> i64| {
+            e.scaling
+                .iter()
+                .chain(e.offered.iter())
+                .chain([&e.conflict_heavy, &e.log_growth.short_streams])
+                .map(lag)
+                .max()
+                .unwrap_or(0)
+        };
+        writeln!(
+            out,
+            "  relay / projection behind the log when a point ended: at most {} / {} events",
+            worst(|p| p.relay_lag),
+            worst(|p| p.projection_lag)
+        )?;
+        let fill = &e.log_growth.fill;
+        writeln!(
+            out,
+            "  log growth: filled {} events in {:.0} s ({} long streams of {} events, the rest in streams of 10)",
+            fill.events, fill.seconds, fill.long_streams, fill.long_stream_events
+        )?;
+
+        writeln!(
+            out,
+            "\nRESOURCES AT SATURATION  CPU in cores (of {}) and µs per command; worker memory",
+            m.cpus
+        )?;
+        writeln!(
+            out,
+            "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
+            "point",
+            "cmd/s",
+            "workers",
+            "relay",
+            "rabbitmq",
+            "postgres",
+            "clients",
+            "other",
+            "machine",
+            "worker RSS"
+        )?;
+        let mut points: Vec<&PointReport> = e.scaling.iter().collect();
+        points.push(&e.conflict_heavy);
+        points.push(&e.log_growth.short_streams);
+        points.push(&e.log_growth.long_streams);
+        for p in points {
+            let Some(u) = &p.usage else { continue };
+            let per_cmd = |name: &str| {
+                u.component(name).map_or("n/a".to_owned(), |c| {
+                    let commands = p.load.achieved_per_s * u.seconds;
+                    if commands > 0.0 {
+                        format!("{:.2}/{:.0}", c.cores, c.cpu_seconds / commands * 1e6)
+                    } else {
+                        format!("{:.2}/-", c.cores)
+                    }
+                })
+            };
+            let rss = u
+                .workers
+                .iter()
+                .map(|w| format!("{:.0}", w.peak_rss_mib))
+                .collect::<Vec<_>>()
+                .join(",");
+            writeln!(
+                out,
+                "  {:<22} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9.2} {:>8} MiB",
+                p.label,
+                p.load.achieved_per_s,
+                per_cmd("workers"),
+                per_cmd("relay"),
+                per_cmd("rabbitmq"),
+                per_cmd("postgres"),
+                per_cmd("bench clients"),
+                per_cmd("other"),
+                u.machine_busy_cores,
+                rss
+            )?;
+        }
+        writeln!(
+            out,
+            "  (cores/µs per command; 'other' is the kernel and everything else on the machine; RSS is each worker's peak)"
+        )?;
+
+        let c = &self.ceiling;
+        writeln!(
+            out,
+            "\nCEILING E*  each command costs, per resource, what it must (worker and client CPU: nothing); E* = min over resources of capacity / cost"
+        )?;
+        writeln!(
+            out,
+            "  {:<9}   {:<57} {:>9} {:>9} {:>9}",
+            "resource", "operation", "raw/s", "time µs", "CPU µs"
+        )?;
+        for cost in &c.costs {
+            writeln!(
+                out,
+                "  {:<9} {}x {:<57} {:>9} {:>9.1} {:>9.1}",
+                cost.resource,
+                cost.per_command,
+                cost.operation,
+                rate(cost.raw_per_s),
+                cost.micros * cost.per_command,
+                cost.cpu_micros * cost.per_command
+            )?;
+        }
+        writeln!(
+            out,
+            "  broker {:.0} cmd/s (1/sum of broker time), database {:.0} cmd/s, services' CPU {:.0} cmd/s ({} cores / sum of CPU µs)",
+            c.broker_per_s, c.database_per_s, c.cpu_per_s, c.cpus
+        )?;
+        writeln!(
+            out,
+            "  => E* = {:.0} cmd/s, bound by {}   (batched commits would let the database alone allow {:.0} cmd/s)",
+            c.e_star, c.bound_by, c.database_if_batched_per_s
+        )?;
+        writeln!(
+            out,
+            "  E = {:.0} cmd/s at {} replica(s): E/E* = {:.2};  best E = {:.0} cmd/s: E/E* = {:.2}",
+            c.e,
+            self.plan.base_replicas(),
+            c.ratio,
+            c.e_best,
+            c.ratio_best
+        )?;
+
+        writeln!(out, "\nTARGETS (reported, not asserted)")?;
+        for t in &self.targets {
+            writeln!(
+                out,
+                "  {:<30} {:<14} {:<36} {}",
+                t.name,
+                t.goal,
+                t.measured,
+                if t.met { "met" } else { "MISSED" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A rate for a table cell: `12345.6` → `12346`.
+fn rate(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.0}")
+    } else {
+        "n/a".into()
+    }
+}
