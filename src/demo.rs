@@ -19,7 +19,7 @@ use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::{Config, SecretUrl};
 use eventline_workers::runtime::{broker, token};
 use futures_util::StreamExt;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use sqlx::Row;
 
@@ -575,16 +575,7 @@ fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
 async fn reset_broker(url: &SecretUrl, topology: &Topology) -> anyhow::Result<()> {
     let connection = broker::connect(url, "demo reset").await?;
     let channel = connection.create_channel().await?;
-    for queue in topology.all_queues() {
-        channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    for exchange in topology.all_exchanges() {
-        channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-            .await?;
-    }
+    broker::delete_namespace(&channel, topology).await;
     let _ = connection.close(200, "reset".into()).await;
     Ok(())
 }

@@ -22,7 +22,7 @@ use eventline_workers::runtime::projection::Projection;
 use eventline_workers::runtime::relay;
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::services::catalog::ProductsProjection;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use tokio::task::JoinSet;
 
@@ -429,18 +429,10 @@ pub async fn delete_topology(url: &SecretUrl, topology: &Topology, extra: &[Stri
         return;
     };
     if let Ok(channel) = connection.create_channel().await {
-        for queue in topology
-            .all_queues()
-            .into_iter()
-            .chain(extra.iter().cloned())
-        {
+        broker::delete_namespace(&channel, topology).await;
+        for queue in extra {
             let _ = channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in topology.all_exchanges() {
-            let _ = channel
-                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
     }

@@ -27,7 +27,6 @@ use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::{Config, SecretUrl, Shutdown};
 use eventline_workers::runtime::{broker, token};
 use eventline_workers::services;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -408,16 +407,7 @@ impl Drop for TestSystem {
 async fn cleanup(amqp_url: &SecretUrl, topology: &Topology, database_url: &SecretUrl) {
     if let Ok(connection) = broker::connect(amqp_url, "test cleanup").await {
         if let Ok(channel) = connection.create_channel().await {
-            for queue in topology.all_queues() {
-                let _ = channel
-                    .queue_delete(queue.into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in topology.all_exchanges() {
-                let _ = channel
-                    .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
+            broker::delete_namespace(&channel, topology).await;
         }
         let _ = connection.close(200, "cleanup".into()).await;
     }

@@ -121,24 +121,34 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
             state.apply(event);
             dispatch.extend(state.dispatch(event, ctx));
         }
-        let reply = Reply::Accepted {
-            stream_id,
-            events: new_events
-                .into_iter()
-                .zip(version + 1..)
-                .map(|(event, v)| ReplyEvent {
-                    event_id: event.event_id,
-                    message_type: event.event_type.to_owned(),
-                    stream_version: v as u64,
-                    data: event.data,
-                })
-                .collect(),
-            result: None,
-        };
+        let reply = accepted(stream_id, version, new_events, None);
         Ok(Handled {
             reply,
             stored_reply: None,
             dispatch,
         })
+    }
+}
+
+/// The reply for events appended after `version`.
+pub fn accepted(
+    stream_id: StreamId,
+    version: i64,
+    events: Vec<NewEvent>,
+    result: Option<serde_json::Value>,
+) -> Reply {
+    Reply::Accepted {
+        stream_id,
+        events: events
+            .into_iter()
+            .zip(version + 1..)
+            .map(|(event, v)| ReplyEvent {
+                event_id: event.event_id,
+                message_type: event.event_type.to_owned(),
+                stream_version: v as u64,
+                data: event.data,
+            })
+            .collect(),
+        result,
     }
 }

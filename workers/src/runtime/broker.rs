@@ -119,11 +119,7 @@ pub async fn declare_service_queues(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DELIVERY_LIMIT),
     );
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        text(&topology.dead_letter_exchange()),
-    );
-    args.insert("x-dead-letter-routing-key".into(), text(routing_key));
+    dead_letter_to(&mut args, &topology.dead_letter_exchange(), routing_key);
     args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
     args.insert("x-overflow".into(), text("reject-publish"));
     let commands = topology.command_queue(service);
@@ -144,11 +140,7 @@ pub async fn declare_service_queues(
     // query changes nothing and its sender retries it, so it needs no replicated log (and each
     // quorum queue costs a process and a log of its own).
     let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        text(&topology.dead_letter_exchange()),
-    );
-    args.insert("x-dead-letter-routing-key".into(), text(routing_key));
+    dead_letter_to(&mut args, &topology.dead_letter_exchange(), routing_key);
     let queries = topology.query_queue(service);
     channel
         .queue_declare(queries.as_str().into(), durable, args)
@@ -170,11 +162,7 @@ pub async fn declare_service_queues(
         "x-message-ttl".into(),
         AMQPValue::LongLongInt(RETRY_DELAY.as_millis() as i64),
     );
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        text(&topology.commands_exchange()),
-    );
-    args.insert("x-dead-letter-routing-key".into(), text(routing_key));
+    dead_letter_to(&mut args, &topology.commands_exchange(), routing_key);
     channel
         .queue_declare(topology.retry_queue(service).into(), durable, args)
         .await?;
@@ -184,11 +172,7 @@ pub async fn declare_service_queues(
     // survives a broker restart. Classic: replies come from our own workers, so the delivery
     // limit that guards command queues against poison is not needed here.
     let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        text(&topology.dead_letter_exchange()),
-    );
-    args.insert("x-dead-letter-routing-key".into(), text(routing_key));
+    dead_letter_to(&mut args, &topology.dead_letter_exchange(), routing_key);
     channel
         .queue_declare(topology.reply_queue(service).into(), durable, args)
         .await?;
@@ -197,11 +181,7 @@ pub async fn declare_service_queues(
     // to the service's command queue. All of a service's timers have the same length, so
     // first-in is first-out and no message waits behind a longer one.
     let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        text(&topology.commands_exchange()),
-    );
-    args.insert("x-dead-letter-routing-key".into(), text(routing_key));
+    dead_letter_to(&mut args, &topology.commands_exchange(), routing_key);
     channel
         .queue_declare(topology.delay_queue(service).into(), durable, args)
         .await?;
@@ -220,6 +200,28 @@ pub async fn declare_service_queues(
         )
         .await?;
     Ok(())
+}
+
+/// Where the broker sends a queue's expired or rejected messages.
+fn dead_letter_to(args: &mut FieldTable, exchange: &str, routing_key: &str) {
+    args.insert("x-dead-letter-exchange".into(), text(exchange));
+    args.insert("x-dead-letter-routing-key".into(), text(routing_key));
+}
+
+/// Deletes every queue and exchange of a namespace, best effort (for tests, the demo and the
+/// bench, which own their namespaces). Messages in them are gone.
+pub async fn delete_namespace(channel: &Channel, topology: &Topology) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    for queue in topology.all_queues() {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in topology.all_exchanges() {
+        let _ = channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
 }
 
 fn text(value: &str) -> AMQPValue {

@@ -12,12 +12,11 @@ use eventline_events::auth::{
     AuthCommand, AuthEvent, Claims, LogIn, Password, RegisterUser, Role, TOKEN_LIFETIME_SECS,
     UserId, UserLoggedIn, UserRegistered,
 };
-use eventline_events::reply::ReplyEvent;
 use eventline_events::{Contract, EventId, Rejection, Reply, Service};
 use serde_json::json;
 
 use crate::runtime::State;
-use crate::runtime::aggregate::load;
+use crate::runtime::aggregate::{accepted, load};
 use crate::runtime::handler::{Context, Handled, Handler, HandlerError};
 use crate::runtime::store::{CommandTx, EventMetadata, NewEvent, StoreError};
 use crate::runtime::token;
@@ -91,11 +90,12 @@ async fn register(
         .execute(tx.conn())
         .await
         .map_err(StoreError::from)?;
-    Ok(Handled::reply(Reply::Accepted {
+    Ok(Handled::reply(accepted(
         stream_id,
-        events: vec![recorded],
-        result: Some(json!({ "user_id": user_id })),
-    }))
+        version,
+        vec![recorded],
+        Some(json!({ "user_id": user_id })),
+    )))
 }
 
 async fn log_in(
@@ -132,12 +132,15 @@ async fn log_in(
     let token = token::sign(&claims, &signing.0);
     let event = AuthEvent::from(UserLoggedIn { user_id });
     let recorded = append(tx, ctx, &stream_id, version, &event).await?;
-    let reply = |token: serde_json::Value| Reply::Accepted {
-        stream_id: stream_id.clone(),
-        events: vec![recorded.clone()],
-        result: Some(
-            json!({ "user_id": user_id, "role": role, "token": token, "expires_at": claims.exp }),
-        ),
+    let reply = |token: serde_json::Value| {
+        accepted(
+            stream_id.clone(),
+            version,
+            vec![recorded.clone()],
+            Some(
+                json!({ "user_id": user_id, "role": role, "token": token, "expires_at": claims.exp }),
+            ),
+        )
     };
     Ok(Handled {
         reply: reply(json!(token)),
@@ -153,7 +156,7 @@ async fn append(
     stream_id: &eventline_events::values::StreamId,
     version: i64,
     event: &AuthEvent,
-) -> Result<ReplyEvent, StoreError> {
+) -> Result<NewEvent, StoreError> {
     let new = NewEvent {
         event_id: EventId::new(),
         event_type: event.message_type(),
@@ -166,12 +169,7 @@ async fn append(
         &EventMetadata::for_command(ctx),
     )
     .await?;
-    Ok(ReplyEvent {
-        event_id: new.event_id,
-        message_type: new.event_type.to_owned(),
-        stream_version: (version + 1) as u64,
-        data: new.data,
-    })
+    Ok(new)
 }
 
 fn rejected(code: &str, message: String) -> Handled {

@@ -11,13 +11,12 @@ use eventline_events::payments::{
     ChargePayment, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentRefunded,
     PaymentsCommand, PaymentsEvent, RefundPayment, payment_stream,
 };
-use eventline_events::reply::ReplyEvent;
-use eventline_events::values::{Money, StreamId};
+use eventline_events::values::Money;
 use eventline_events::{Contract, EventId, Rejection, Reply, Service};
 
 use self::provider::{Authorization, PaymentProvider};
 use crate::runtime::State;
-use crate::runtime::aggregate::load;
+use crate::runtime::aggregate::{accepted, load};
 use crate::runtime::handler::{Context, Handled, Handler, HandlerError};
 use crate::runtime::store::{CommandTx, EventMetadata, NewEvent};
 
@@ -154,7 +153,7 @@ impl<P: PaymentProvider> Handler for PaymentsHandler<P> {
         .await?;
         let reply = match rejection {
             Some(reason) => Reply::Rejected { reason },
-            None => accepted(stream_id, version, new_events),
+            None => accepted(stream_id, version, new_events, None),
         };
         Ok(Handled::reply(reply))
     }
@@ -191,21 +190,4 @@ fn declined(reason: &str) -> Rejection {
         _ => "the card was declined; use another card",
     };
     Rejection::new(format!("payment_{reason}"), message)
-}
-
-fn accepted(stream_id: StreamId, version: i64, events: Vec<NewEvent>) -> Reply {
-    Reply::Accepted {
-        stream_id,
-        events: events
-            .into_iter()
-            .zip(version + 1..)
-            .map(|(e, v)| ReplyEvent {
-                event_id: e.event_id,
-                message_type: e.event_type.to_owned(),
-                stream_version: v as u64,
-                data: e.data,
-            })
-            .collect(),
-        result: None,
-    }
 }
