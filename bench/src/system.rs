@@ -414,7 +414,7 @@ SELECT 'catalog.product-' || p.id, p.v, gen_random_uuid(),
        CASE WHEN p.v = 1
             THEN jsonb_build_object('product_id', p.id, 'name', 'Log filler', 'price', 250,
                                     'initial_stock', 1000000000)
-            ELSE jsonb_build_object('product_id', p.id, 'order_id', gen_random_uuid(), 'quantity', 1)
+            ELSE jsonb_build_object('product_id', p.id, 'order_id', gen_random_uuid(), 'quantity', 1, 'unit_price', 250)
        END,
        jsonb_build_object('correlation_id', gen_random_uuid(), 'causation_id', gen_random_uuid(),
                           'recorded_by', 'bench-fill')
