@@ -50,20 +50,20 @@ async fn assert_each_command_applied_once(system: &TestSystem) {
     assert_eq!(versions, (1..=COMMANDS + 1).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn a_worker_killed_mid_stream_loses_nothing_once_another_takes_over() {
+/// A product with plenty of stock, a catalog worker process named `name` consuming, and
+/// `COMMANDS` reservations published and partly handled.
+async fn mid_stream(name: &str) -> TestSystem {
     let mut system = TestSystem::start().await;
     system.start_catalog_worker("setup");
     system.add_product("tea", 10_000).await;
     system.stop_workers().await;
-
     system
         .processes()
-        .spawn("doomed", &["worker", "catalog"])
+        .spawn(name, &["worker", "catalog"])
         .unwrap();
     system.wait_for_consumers(Service::Catalog, 1).await;
     publish_reservations(&system).await;
-    eventually("the doomed worker to be mid-stream", || async {
+    eventually("the worker to be mid-stream", || async {
         let n = handled(&system).await;
         if n > 20 {
             Ok(())
@@ -72,6 +72,12 @@ async fn a_worker_killed_mid_stream_loses_nothing_once_another_takes_over() {
         }
     })
     .await;
+    system
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_stream_loses_nothing_once_another_takes_over() {
+    let mut system = mid_stream("doomed").await;
     system.processes().kill("doomed").await;
     let at_kill = handled(&system).await;
     assert!(
@@ -89,26 +95,7 @@ async fn a_worker_killed_mid_stream_loses_nothing_once_another_takes_over() {
 
 #[tokio::test]
 async fn a_worker_stopped_with_sigterm_finishes_in_flight_work_and_exits_cleanly() {
-    let mut system = TestSystem::start().await;
-    system.start_catalog_worker("setup");
-    system.add_product("tea", 10_000).await;
-    system.stop_workers().await;
-
-    system
-        .processes()
-        .spawn("first", &["worker", "catalog"])
-        .unwrap();
-    system.wait_for_consumers(Service::Catalog, 1).await;
-    publish_reservations(&system).await;
-    eventually("the first worker to be mid-stream", || async {
-        let n = handled(&system).await;
-        if n > 20 {
-            Ok(())
-        } else {
-            Err(format!("{n} handled"))
-        }
-    })
-    .await;
+    let mut system = mid_stream("first").await;
     let status = system.processes().terminate("first").await;
     assert!(
         status.is_some_and(|s| s.success()),

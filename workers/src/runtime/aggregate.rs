@@ -101,14 +101,7 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
             }
             Ok(events) => events,
         };
-        let new_events: Vec<NewEvent> = events
-            .iter()
-            .map(|event| NewEvent {
-                event_id: EventId::new(),
-                event_type: event.message_type(),
-                data: event.to_json(),
-            })
-            .collect();
+        let new_events = new_events(&events);
         tx.append(
             &stream_id,
             version,
@@ -128,6 +121,18 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
             dispatch,
         })
     }
+}
+
+/// Fresh ids and JSON bodies for events about to be appended.
+pub fn new_events<E: Contract>(events: &[E]) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|event| NewEvent {
+            event_id: EventId::new(),
+            event_type: event.message_type(),
+            data: event.to_json(),
+        })
+        .collect()
 }
 
 /// The reply for events appended after `version`.

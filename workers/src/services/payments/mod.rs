@@ -12,13 +12,13 @@ use eventline_events::payments::{
     PaymentsCommand, PaymentsEvent, RefundPayment, payment_stream,
 };
 use eventline_events::values::Money;
-use eventline_events::{Contract, EventId, Rejection, Reply, Service};
+use eventline_events::{Rejection, Reply, Service};
 
 use self::provider::{Authorization, PaymentProvider};
 use crate::runtime::State;
-use crate::runtime::aggregate::{accepted, load};
+use crate::runtime::aggregate::{accepted, load, new_events};
 use crate::runtime::handler::{Context, Handled, Handler, HandlerError};
-use crate::runtime::store::{CommandTx, EventMetadata, NewEvent};
+use crate::runtime::store::{CommandTx, EventMetadata};
 
 /// A payment's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -136,14 +136,7 @@ impl<P: PaymentProvider> Handler for PaymentsHandler<P> {
                 Payment::Declined { .. } | Payment::Refunded { .. },
             ) => (vec![], None),
         };
-        let new_events: Vec<NewEvent> = events
-            .iter()
-            .map(|e| NewEvent {
-                event_id: EventId::new(),
-                event_type: e.message_type(),
-                data: e.to_json(),
-            })
-            .collect();
+        let new_events = new_events(&events);
         tx.append(
             &stream_id,
             version,
