@@ -3,8 +3,9 @@
 //! the relay streams the log to the events exchange; then it prints how the orders ended, what
 //! the stock and the money are, how the broker spread the work, and one order's causal path.
 //!
-//! It uses a namespace and a database of its own (`eventline-demo`, `{db}_demo`), recreated
-//! on every run, so it never touches a real deployment's data.
+//! It uses a namespace of its own per run (`demo-…`, removed at the end) and a database of its
+//! own (`{db}_demo`, recreated on every run and kept for exploring), so it never touches a real
+//! deployment's data.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,7 +91,11 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
         return attach(base, options).await;
     }
     let started = Instant::now();
-    let namespace = Namespace::parse("eventline-demo").map_err(anyhow::Error::msg)?;
+    // A namespace of its own per run: nothing left over from an earlier run (or another
+    // version's queue arguments) can interfere, and two demos on one broker do not collide.
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let namespace =
+        Namespace::parse(&format!("demo-{}", &run_id[20..])).map_err(anyhow::Error::msg)?;
     let db_name = format!(
         "{}_demo",
         base.database_url.database_name().unwrap_or("eventline")
@@ -146,7 +151,7 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
     supervisor.stop_all(Duration::from_secs(15)).await;
     result?;
     println!(
-        "\nfinished in {:.1}s; worker logs in {}\nexplore: export EVENTLINE_NAMESPACE={namespace} DATABASE_URL={database_url}; eventline products; eventline trace <order id>",
+        "\nfinished in {:.1}s; worker logs in {}\nexplore the log: DATABASE_URL={database_url} eventline trace <order id>",
         started.elapsed().as_secs_f64(),
         log_dir.display()
     );
@@ -574,9 +579,14 @@ fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
 /// Deletes the demo namespace's queues and exchanges so each run starts empty.
 async fn reset_broker(url: &SecretUrl, topology: &Topology) -> anyhow::Result<()> {
     let connection = broker::connect(url, "demo reset").await?;
-    let channel = connection.create_channel().await?;
-    broker::delete_namespace(&channel, topology).await;
+    let failures = broker::delete_namespace(&connection, topology).await;
     let _ = connection.close(200, "reset".into()).await;
+    if !failures.is_empty() {
+        bail!(
+            "could not reset the demo's namespace: {}",
+            failures.join("; ")
+        );
+    }
     Ok(())
 }
 
@@ -593,6 +603,15 @@ async fn wait_for_consumers(
     );
     let topology = Topology::new(namespace.clone());
     let connection = broker::connect(url, "demo probe").await?;
+    // Declare the queues as the workers do (idempotent, same arguments), so the passive
+    // checks below never race a worker that has not declared its queues yet.
+    {
+        let channel = connection.create_channel().await?;
+        for service in Service::ALL {
+            broker::declare_service_queues(&channel, &topology, service).await?;
+        }
+        let _ = channel.close(200, "declared".into()).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let crashed = supervisor.as_mut().map(|s| s.exited()).unwrap_or_default();

@@ -428,8 +428,8 @@ pub async fn delete_topology(url: &SecretUrl, topology: &Topology, extra: &[Stri
         eprintln!("could not connect to {url} to delete the bench's queues");
         return;
     };
+    broker::delete_namespace(&connection, topology).await;
     if let Ok(channel) = connection.create_channel().await {
-        broker::delete_namespace(&channel, topology).await;
         for queue in extra {
             let _ = channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

@@ -406,9 +406,7 @@ impl Drop for TestSystem {
 
 async fn cleanup(amqp_url: &SecretUrl, topology: &Topology, database_url: &SecretUrl) {
     if let Ok(connection) = broker::connect(amqp_url, "test cleanup").await {
-        if let Ok(channel) = connection.create_channel().await {
-            broker::delete_namespace(&channel, topology).await;
-        }
+        broker::delete_namespace(&connection, topology).await;
         let _ = connection.close(200, "cleanup".into()).await;
     }
     let _ = store::drop_database(database_url).await;

@@ -209,19 +209,38 @@ fn dead_letter_to(args: &mut FieldTable, exchange: &str, routing_key: &str) {
 }
 
 /// Deletes every queue and exchange of a namespace, best effort (for tests, the demo and the
-/// bench, which own their namespaces). Messages in them are gone.
-pub async fn delete_namespace(channel: &Channel, topology: &Topology) {
+/// bench, which own their namespaces). Messages in them are gone. Each deletion gets its own
+/// channel, so one failure (which closes its channel) cannot silently skip the rest; failures
+/// are returned as text.
+pub async fn delete_namespace(connection: &Connection, topology: &Topology) -> Vec<String> {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let mut failures = Vec::new();
     for queue in topology.all_queues() {
-        let _ = channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await;
+        let result = match connection.create_channel().await {
+            Ok(channel) => channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = result {
+            failures.push(format!("queue {queue}: {error}"));
+        }
     }
     for exchange in topology.all_exchanges() {
-        let _ = channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-            .await;
+        let result = match connection.create_channel().await {
+            Ok(channel) => {
+                channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(error) = result {
+            failures.push(format!("exchange {exchange}: {error}"));
+        }
     }
+    failures
 }
 
 fn text(value: &str) -> AMQPValue {
