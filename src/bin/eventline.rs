@@ -146,7 +146,7 @@ async fn run() -> anyhow::Result<()> {
     init_tracing(if server_role {
         "info,sqlx=warn"
     } else {
-        "warn,sqlx=error"
+        "warn,sqlx=error,lapin=off"
     });
     let config = Config::from_env()?;
     match cli.command {
