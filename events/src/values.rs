@@ -251,6 +251,14 @@ impl StreamId {
         Self(format!("{category}-{id}"))
     }
 
+    /// Whether the stream belongs to `category` (`{category}-{id}`), without allocating:
+    /// projections ask this for every event in the log.
+    pub fn in_category(&self, category: &str) -> bool {
+        self.0
+            .strip_prefix(category)
+            .is_some_and(|rest| rest.starts_with('-'))
+    }
+
     /// Wraps a stream id read back from the log.
     pub fn from_log(value: String) -> Self {
         Self(value)
@@ -293,6 +301,14 @@ mod tests {
         assert_eq!(name.as_str(), "Thé vert 🍵");
         let long = "é".repeat(200);
         assert!(ProductName::parse(long).is_ok());
+    }
+
+    #[test]
+    fn a_stream_is_in_its_category_only() {
+        let stream = StreamId::new("catalog.product", "tea");
+        assert!(stream.in_category("catalog.product"));
+        assert!(!stream.in_category("catalog"));
+        assert!(!stream.in_category("catalog.product-tea"));
     }
 
     proptest! {

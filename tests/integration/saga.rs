@@ -25,22 +25,6 @@ async fn place(client: &Client, lines: &[&str], card: &str) -> eventline::OrderO
         .expect("an outcome")
 }
 
-/// Waits until no stock is reserved (every compensation applied) and the projections caught up.
-async fn settled(system: &TestSystem) {
-    eventually("compensations to finish", || async {
-        system.wait_for_projection().await;
-        let held = system
-            .count("SELECT coalesce(sum(reserved), 0)::bigint FROM catalog_products")
-            .await;
-        if held == 0 {
-            Ok(())
-        } else {
-            Err(format!("{held} items still reserved"))
-        }
-    })
-    .await;
-}
-
 async fn net_captured(system: &TestSystem) -> i64 {
     system
         .count(
@@ -59,7 +43,7 @@ async fn an_order_with_stock_and_a_good_card_is_confirmed_and_its_stock_sold() {
     let outcome = place(&shopper, &["tea:2"], "tok_visa").await;
     assert_eq!(outcome.status, "confirmed", "{outcome}");
     assert_eq!(outcome.total, Some(500));
-    settled(&system).await;
+    system.wait_until_settled().await;
     assert_eq!(system.stock("tea").await, (8, 0, 2));
     assert_eq!(net_captured(&system).await, 500);
     system.stop().await;
@@ -74,7 +58,7 @@ async fn an_order_beyond_stock_is_rejected_and_holds_nothing() {
     let outcome = place(&shopper, &["tea:1", "mug:2"], "tok_visa").await;
     assert_eq!(outcome.status, "rejected", "{outcome}");
     assert_eq!(outcome.code.as_deref(), Some("insufficient_stock"));
-    settled(&system).await;
+    system.wait_until_settled().await;
     assert_eq!(
         system.stock("tea").await,
         (10, 0, 0),
@@ -98,7 +82,7 @@ async fn a_declined_card_cancels_the_order_and_releases_its_stock() {
         assert_eq!(outcome.status, "cancelled", "{outcome}");
         assert_eq!(outcome.code.as_deref(), Some(code));
     }
-    settled(&system).await;
+    system.wait_until_settled().await;
     assert_eq!(system.stock("tea").await, (10, 0, 0));
     assert_eq!(net_captured(&system).await, 0);
     system.stop().await;
@@ -112,7 +96,7 @@ async fn a_payment_slower_than_the_timeout_cancels_the_order_and_compensates() {
     let outcome = place(&shopper, &["tea:4"], "tok_slow").await;
     assert_eq!(outcome.status, "cancelled", "{outcome}");
     assert_eq!(outcome.code.as_deref(), Some("timeout"));
-    settled(&system).await;
+    system.wait_until_settled().await;
     assert_eq!(system.stock("tea").await, (10, 0, 0));
     // The slow charge finishes after the cancellation; whichever way the race between the
     // charge and the refund goes, no money is kept for a cancelled order.
@@ -166,7 +150,7 @@ async fn a_saga_timeout_survives_the_orders_worker_being_killed() {
     let outcome = outcome.expect("an outcome");
     assert_eq!(outcome.status, "cancelled", "{outcome}");
     assert_eq!(outcome.code.as_deref(), Some("timeout"));
-    settled(&system).await;
+    system.wait_until_settled().await;
     assert_eq!(system.stock("tea").await, (10, 0, 0));
     system.stop().await;
 }
@@ -182,7 +166,7 @@ async fn one_order_can_be_traced_across_services_by_causation() {
         .await
         .unwrap();
     assert_eq!(outcome.status, "confirmed");
-    settled(&system).await;
+    system.wait_until_settled().await;
     let trace = eventline::trace::render(&system.store, order.order_id.as_uuid())
         .await
         .unwrap();
@@ -228,7 +212,7 @@ async fn read_models_are_served_over_the_broker_and_customers_see_only_their_ord
             .status,
         "confirmed"
     );
-    settled(&system).await;
+    system.wait_until_settled().await;
     system.wait_for_checkpoint("projection.orders_view").await;
 
     let result = |reply: eventline_events::Reply| match reply {

@@ -329,6 +329,23 @@ impl TestSystem {
             .await;
     }
 
+    /// Waits until no stock is reserved (every compensation applied) and the products
+    /// projection has caught up.
+    pub async fn wait_until_settled(&self) {
+        eventually("compensations to finish", || async {
+            self.wait_for_projection().await;
+            let held = self
+                .count("SELECT coalesce(sum(reserved), 0)::bigint FROM catalog_products")
+                .await;
+            if held == 0 {
+                Ok(())
+            } else {
+                Err(format!("{held} items still reserved"))
+            }
+        })
+        .await;
+    }
+
     /// Waits until the reader named `checkpoint` has passed everything now in the log.
     pub async fn wait_for_checkpoint(&self, checkpoint: &str) {
         let max = self

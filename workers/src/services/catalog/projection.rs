@@ -19,11 +19,7 @@ impl Projection for ProductsProjection {
         conn: &mut PgConnection,
         event: &RecordedEvent,
     ) -> Result<(), StoreError> {
-        if !event
-            .stream_id
-            .as_str()
-            .starts_with(&format!("{PRODUCT_STREAM_CATEGORY}-"))
-        {
+        if !event.stream_id.in_category(PRODUCT_STREAM_CATEGORY) {
             return Ok(());
         }
         let decoded = CatalogEvent::from_json(&event.event_type, event.data.clone())

@@ -19,11 +19,7 @@ impl Projection for OrdersProjection {
         conn: &mut PgConnection,
         event: &RecordedEvent,
     ) -> Result<(), StoreError> {
-        if !event
-            .stream_id
-            .as_str()
-            .starts_with(&format!("{ORDER_STREAM_CATEGORY}-"))
-        {
+        if !event.stream_id.in_category(ORDER_STREAM_CATEGORY) {
             return Ok(());
         }
         let decoded = OrdersEvent::from_json(&event.event_type, event.data.clone())
