@@ -448,7 +448,7 @@ pub struct EventMessage {
 }
 
 impl EventMessage {
-    fn from_incoming(message: IncomingMessage) -> Option<Self> {
+    pub fn from_incoming(message: IncomingMessage) -> Option<Self> {
         let metadata = message.metadata().ok()?;
         let int = |name: &str| match message.headers.get(name) {
             Some(HeaderValue::Int(n)) => *n,

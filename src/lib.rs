@@ -7,6 +7,7 @@
 //! The `eventline` binary (src/bin/eventline.rs) wraps this library and also starts workers,
 //! the relay and the demo, so one command runs any part of the system.
 
+pub mod chaos;
 pub mod client;
 pub mod demo;
 pub mod supervisor;

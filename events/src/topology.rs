@@ -188,6 +188,12 @@ impl Topology {
         format!("{service}.#")
     }
 
+    /// A durable queue that sees every relayed event, for an auditor that must not miss one
+    /// even across a broker restart (the chaos checks).
+    pub fn tap_queue(&self, name: &str) -> String {
+        format!("{}.tap.{name}", self.namespace)
+    }
+
     /// Every queue this namespace may own, for clean-up tools and tests.
     pub fn all_queues(&self) -> Vec<String> {
         Service::ALL

@@ -121,6 +121,11 @@ enum Command {
     /// Run the whole system locally: fresh database and namespace, worker replicas, relay, two
     /// concurrent clients. Prints what happened.
     Demo(eventline::demo::DemoOptions),
+    /// Inject faults (killed workers, broker and database outages, a misbehaving network,
+    /// duplicate deliveries) into a system of its own under load, check that no accepted
+    /// command was lost or applied twice, and print a table. Needs root for the broker and
+    /// database faults; restores their defaults when done.
+    Chaos(eventline::chaos::ChaosOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -371,6 +376,12 @@ async fn run() -> anyhow::Result<()> {
             println!("{}", token::sign(&claims, &signing.0));
         }
         Command::Demo(options) => eventline::demo::run(config, options).await?,
+        Command::Chaos(options) => {
+            let rows = eventline::chaos::run(config, options).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            }
+        }
     }
     Ok(())
 }
