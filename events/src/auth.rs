@@ -56,7 +56,9 @@ pub enum Role {
     Admin,
 }
 
-/// An email address, lower-cased: `local@domain`, 3 to 254 characters, no spaces.
+/// An email address, lower-cased: `local@domain`, 3 to 254 characters, exactly one `@`, no
+/// spaces, control characters or bidirectional overrides (which would let one address display
+/// as another).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Email(String);
@@ -66,13 +68,17 @@ impl Email {
         let value = value.trim().to_lowercase();
         let shape_ok = value.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
+                && !domain.contains('@')
                 && domain.contains('.')
+                && !domain.contains("..")
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
         });
         if (3..=254).contains(&value.len())
             && shape_ok
-            && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+            && !value
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || crate::values::is_bidi_control(c))
         {
             Ok(Self(value))
         } else {
@@ -252,6 +258,11 @@ mod tests {
     fn emails_are_normalised_and_checked() {
         assert!(Email::parse("no-at-sign".into()).is_err());
         assert!(Email::parse("a@b".into()).is_err());
+        assert!(Email::parse("a@@b.co".into()).is_err());
+        assert!(Email::parse("a@b@c.co".into()).is_err());
+        assert!(Email::parse("a@b..co".into()).is_err());
+        assert!(Email::parse("moc.elgoog\u{202E}@evil.example".into()).is_err());
+        assert!(Email::parse("\u{0442}\u{0435}\u{0441}\u{0442}@example.com".into()).is_ok());
         assert_eq!(
             Email::parse(" Bob@Shop.EXAMPLE ".into()).unwrap().as_str(),
             "bob@shop.example"

@@ -189,6 +189,10 @@ mod tests {
         let body = br#"{"product_id":"tea","price":1,"colour":"red"}"#;
         let err = CatalogCommand::decode("catalog.change_price", body).unwrap_err();
         assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+        let err = CatalogCommand::decode("catalog.restock", br#"["tea", 1]"#).unwrap_err();
+        assert!(err.to_string().contains("JSON array"), "{err}");
+        let err = CatalogCommand::decode("catalog.restock", b"null").unwrap_err();
+        assert!(err.to_string().contains("invalid type: null"), "{err}");
         let err = CatalogCommand::decode("catalog.delete_everything", b"{}").unwrap_err();
         assert!(matches!(err, DecodeError::UnknownMessageType { .. }));
         assert!(err.to_string().contains("catalog.reserve_stock"), "{err}");

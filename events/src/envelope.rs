@@ -238,15 +238,22 @@ impl IncomingMessage {
     }
 }
 
+/// Parses a UUID id. The nil and max UUIDs are refused: they are what an uninitialised id looks
+/// like, and two senders that both send one would share one inbox entry (the second would get
+/// the first one's reply and have no effect).
 fn parse_id<T: std::str::FromStr>(
     value: Option<&str>,
     field: &'static str,
 ) -> Result<T, DecodeError> {
     let value = value.ok_or(DecodeError::MissingField(field))?;
-    value.parse().map_err(|_| DecodeError::InvalidId {
+    let invalid = || DecodeError::InvalidId {
         field,
         value: value.chars().take(64).collect(),
-    })
+    };
+    match uuid::Uuid::parse_str(value) {
+        Ok(uuid) if uuid.is_nil() || uuid.is_max() => Err(invalid()),
+        _ => value.parse().map_err(|_| invalid()),
+    }
 }
 
 /// A message ready to be sent: its envelope and its JSON body.
@@ -288,7 +295,7 @@ pub enum DecodeError {
     )]
     MissingField(&'static str),
     #[error(
-        "{field} is {value:?}, which is not a UUID; use a UUID (v7 recommended) such as 01890a5d-ac96-774b-bcce-b302099a8057"
+        "{field} is {value:?}, which is not a usable UUID (nil and max are refused); use a fresh UUID (v7 recommended) such as 01890a5d-ac96-774b-bcce-b302099a8057"
     )]
     InvalidId { field: &'static str, value: String },
     #[error("header {name} is {value}; expected {expected}")]
@@ -329,6 +336,44 @@ impl DecodeError {
             Self::UnknownMessageType { .. } => "unknown_message_type",
             Self::InvalidBody { .. } => "invalid_body",
             Self::BodyTooLarge { .. } => "body_too_large",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn well_formed() -> IncomingMessage {
+        let id = crate::MessageId::new().to_string();
+        IncomingMessage {
+            message_id: Some(id.clone()),
+            correlation_id: Some(id.clone()),
+            message_type: Some("catalog.restock".into()),
+            headers: [
+                (headers::CAUSATION_ID.to_owned(), HeaderValue::Text(id)),
+                (headers::SCHEMA_VERSION.to_owned(), HeaderValue::Int(1)),
+            ]
+            .into(),
+            ..IncomingMessage::default()
+        }
+    }
+
+    #[test]
+    fn nil_and_max_uuids_are_not_ids() {
+        assert!(well_formed().metadata().is_ok());
+        for (field, value) in [
+            ("message_id", "00000000-0000-0000-0000-000000000000"),
+            ("correlation_id", "ffffffff-ffff-ffff-ffff-ffffffffffff"),
+        ] {
+            let mut message = well_formed();
+            match field {
+                "message_id" => message.message_id = Some(value.into()),
+                _ => message.correlation_id = Some(value.into()),
+            }
+            let err = message.metadata().unwrap_err();
+            assert_eq!(err.code(), "invalid_id", "{field}");
+            assert!(err.to_string().contains(field), "{err}");
         }
     }
 }

@@ -52,6 +52,23 @@ pub trait Contract: Sized {
     fn json_schemas() -> Vec<(&'static str, serde_json::Value)>;
 }
 
+/// Parses a body that must be a JSON object.
+///
+/// serde's derived structs also read a JSON array, by field position (`["tea", 1]` would be a
+/// restock); the contract says "object", and a positional body breaks silently when a field is
+/// added, so anything else is refused before serde sees it.
+fn decode_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    use serde::de::Error;
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice(body),
+        Some(b'[') => Err(serde_json::Error::custom(
+            "the body is a JSON array; send a JSON object",
+        )),
+        _ => serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+            .and_then(|_| Err(serde_json::Error::custom("the body must be a JSON object"))),
+    }
+}
+
 /// The schema version every message type is currently at. A message with another version is
 /// poison: it goes to the dead-letter queue with a reason naming the supported version.
 pub const SCHEMA_VERSION: u16 = 1;

@@ -37,7 +37,7 @@ macro_rules! wire_enum {
             fn decode(message_type: &str, body: &[u8]) -> Result<Self, $crate::DecodeError> {
                 match message_type {
                     $(
-                        $wire => serde_json::from_slice::<$ty>(body)
+                        $wire => $crate::decode_object::<$ty>(body)
                             .map(Self::$variant)
                             .map_err(|error| $crate::DecodeError::InvalidBody {
                                 message_type: $wire,

@@ -72,7 +72,12 @@ validated!(ProductId, String, {
     "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"
 });
 
-/// A product's display name: trimmed, 1 to 200 characters, no control characters.
+/// A product's display name: trimmed, 1 to 200 characters, at least one visible; no control
+/// characters, line breaks or bidirectional overrides.
+///
+/// Names are shown to people next to prices, so a name must not be able to hide itself (only
+/// zero-width characters) or reorder the text around it (U+202E, "Trojan Source"). Emoji,
+/// accents and zero-width joiners inside emoji sequences are fine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct ProductName(String);
@@ -86,8 +91,26 @@ impl ProductName {
                 "product name must be 1 to 200 characters after trimming, got {chars}"
             ));
         }
-        if trimmed.chars().any(char::is_control) {
-            return Err("product name must not contain control characters".to_owned());
+        if let Some(c) = trimmed
+            .chars()
+            .find(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+        {
+            return Err(format!(
+                "product name must not contain control characters or line breaks (found U+{:04X})",
+                u32::from(c)
+            ));
+        }
+        if let Some(c) = trimmed.chars().find(|c| is_bidi_control(*c)) {
+            return Err(format!(
+                "product name must not contain bidirectional controls (found U+{:04X}), which reorder the text shown around it",
+                u32::from(c)
+            ));
+        }
+        if trimmed.chars().all(is_invisible) {
+            return Err(
+                "product name has no visible character (only zero-width or blank characters)"
+                    .to_owned(),
+            );
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -97,8 +120,41 @@ impl ProductName {
     }
 }
 
+/// Unicode's bidirectional formatting characters (marks, embeddings, overrides, isolates):
+/// invisible, yet they reorder how surrounding text is displayed.
+pub(crate) fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// Blank or zero-width: a string made only of these shows as nothing.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || is_bidi_control(c)
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200D}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
 validated!(ProductName, String, {
-    "type": "string", "minLength": 1, "maxLength": 200
+    "type": "string", "minLength": 1, "maxLength": 200,
+    "description": "trimmed; at least one visible character; no control characters, line breaks or bidirectional controls"
 });
 
 /// An amount of money in minor units (cents) of the system's single currency.
@@ -301,6 +357,37 @@ mod tests {
         assert_eq!(name.as_str(), "Thé vert 🍵");
         let long = "é".repeat(200);
         assert!(ProductName::parse(long).is_ok());
+    }
+
+    #[test]
+    fn names_that_hide_or_reorder_text_are_rejected_and_emoji_sequences_are_not() {
+        for bad in [
+            "\u{200B}",
+            "\u{200B}\u{200D}\u{FEFF}",
+            "\u{3164}",
+            "Tea\u{202E}gnp.exe",
+            "Tea \u{2066}cup\u{2069}",
+            "Tea\u{2028}Time",
+            "Tea\nTime",
+            "Tea\u{7}",
+        ] {
+            let err = ProductName::parse(bad.to_owned()).unwrap_err();
+            assert!(err.starts_with("product name"), "{bad:?}: {err}");
+        }
+        assert!(
+            ProductName::parse("\u{202E}x".to_owned())
+                .unwrap_err()
+                .contains("U+202E")
+        );
+        for good in [
+            "Family pack \u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+            "Caf\u{0065}\u{0301} cr\u{00E8}me",
+            "\u{0634}\u{0627}\u{064A} tea",
+            "Z\u{0351}\u{0352}a\u{0353}lgo",
+            "Robert'); DROP TABLE event_log;--",
+        ] {
+            assert!(ProductName::parse(good.to_owned()).is_ok(), "{good:?}");
+        }
     }
 
     #[test]
