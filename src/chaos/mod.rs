@@ -636,15 +636,23 @@ impl Connections {
     }
 }
 
-/// Where a URL points, resolved (`default_port` when it names none).
+/// Where a URL points, resolved (`default_port` when it names none). Chaos acts only on this
+/// machine: anything but a loopback address is refused.
 fn upstream(url: &SecretUrl, default_port: u16) -> anyhow::Result<SocketAddr> {
     let (host, port) = host_port(url.expose()).with_context(|| format!("no host in {url}"))?;
     let port = port.unwrap_or(default_port);
-    (host.as_str(), port)
+    let address = (host.as_str(), port)
         .to_socket_addrs()
         .with_context(|| format!("resolving {host}:{port} from {url}"))?
         .next()
-        .with_context(|| format!("{host}:{port} from {url} resolves to nothing"))
+        .with_context(|| format!("{host}:{port} from {url} resolves to nothing"))?;
+    if !address.ip().is_loopback() {
+        bail!(
+            "chaos injects faults only into services on this machine, but {url} is at {address}; \
+             point AMQP_URL and DATABASE_URL at 127.0.0.1"
+        );
+    }
+    Ok(address)
 }
 
 /// The same URL, pointed at `address` instead.
