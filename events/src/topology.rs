@@ -188,18 +188,12 @@ impl Topology {
         format!("{service}.#")
     }
 
-    /// Every queue this namespace may own, for clean-up tools and tests.
+    /// Every queue this namespace may own, for clean-up tools and tests. (It once left out
+    /// replies and timers, so deleting a namespace left those two queues behind.)
     pub fn all_queues(&self) -> Vec<String> {
         Service::ALL
             .into_iter()
-            .flat_map(|s| {
-                [
-                    self.command_queue(s),
-                    self.query_queue(s),
-                    self.retry_queue(s),
-                    self.dead_letter_queue(s),
-                ]
-            })
+            .flat_map(|s| self.service_queues(s))
             .collect()
     }
 
@@ -273,8 +267,7 @@ impl Topology {
         format!("{}-{}", self.namespace, user.name())
     }
 
-    /// Every queue a service declares and owns (the ones in `all_queues`, plus replies and
-    /// timers).
+    /// Every queue a service declares and owns.
     pub fn service_queues(&self, service: Service) -> Vec<String> {
         vec![
             self.command_queue(service),
