@@ -7,10 +7,13 @@
 //! The `eventline` binary (src/bin/eventline.rs) wraps this library and also starts workers,
 //! the relay and the demo, so one command runs any part of the system.
 
+pub mod broker_users;
 pub mod chaos;
 pub mod client;
 pub mod demo;
 pub mod supervisor;
 pub mod trace;
 
-pub use client::{Client, ClientError, DeadLetter, EventMessage, OrderOutcome};
+pub use client::{
+    Client, ClientError, DeadLetter, EventMessage, OrderOutcome, Redrive, Refused, Selection,
+};

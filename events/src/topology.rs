@@ -194,18 +194,12 @@ impl Topology {
         format!("{}.tap.{name}", self.namespace)
     }
 
-    /// Every queue this namespace may own, for clean-up tools and tests.
+    /// Every queue this namespace may own, for clean-up tools and tests. (It once left out
+    /// replies and timers, so deleting a namespace left those two queues behind.)
     pub fn all_queues(&self) -> Vec<String> {
         Service::ALL
             .into_iter()
-            .flat_map(|s| {
-                [
-                    self.command_queue(s),
-                    self.query_queue(s),
-                    self.retry_queue(s),
-                    self.dead_letter_queue(s),
-                ]
-            })
+            .flat_map(|s| self.service_queues(s))
             .collect()
     }
 
@@ -216,6 +210,116 @@ impl Topology {
             self.dead_letter_exchange(),
             self.events_exchange(),
         ]
+    }
+}
+
+/// Who connects to the broker. Each gets a user of its own whose permissions cover only what
+/// it declares, consumes and publishes to (README, "Least privilege").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BrokerUser {
+    /// A service's workers (commands, queries, replies, and its projections' processes).
+    Service(Service),
+    /// The relay: publishes committed events, consumes nothing.
+    Relay,
+}
+
+impl BrokerUser {
+    /// Every user of a deployment: the four services and the relay.
+    pub const ALL: [BrokerUser; 5] = [
+        Self::Service(Service::Auth),
+        Self::Service(Service::Catalog),
+        Self::Service(Service::Orders),
+        Self::Service(Service::Payments),
+        Self::Relay,
+    ];
+
+    /// `auth`, `catalog`, `orders`, `payments` or `relay`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Service(service) => service.name(),
+            Self::Relay => "relay",
+        }
+    }
+}
+
+/// RabbitMQ's three permissions for one user: regular expressions over exchange and queue
+/// names, anchored, matching exactly the names listed (see `rabbitmqctl set_permissions`).
+///
+/// `configure` declares and deletes, `write` publishes to an exchange or binds a queue, `read`
+/// consumes from a queue or binds from an exchange. The default exchange is `amq.default`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerPermissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// The name RabbitMQ checks permissions against when a message goes to the default exchange.
+pub const DEFAULT_EXCHANGE: &str = "amq.default";
+
+/// `^(a|b|c)$` with every `.` escaped; `^$` (nothing) for no names.
+fn exactly(names: &[String]) -> String {
+    if names.is_empty() {
+        return "^$".to_owned();
+    }
+    let names: Vec<String> = names.iter().map(|n| n.replace('.', "\\.")).collect();
+    format!("^({})$", names.join("|"))
+}
+
+impl Topology {
+    /// The broker user name of `user` in this namespace, e.g. `eventline-catalog`: one set of
+    /// users per namespace, since their permissions name the namespace's queues.
+    pub fn broker_user(&self, user: BrokerUser) -> String {
+        format!("{}-{}", self.namespace, user.name())
+    }
+
+    /// Every queue a service declares and owns.
+    pub fn service_queues(&self, service: Service) -> Vec<String> {
+        vec![
+            self.command_queue(service),
+            self.query_queue(service),
+            self.retry_queue(service),
+            self.reply_queue(service),
+            self.delay_queue(service),
+            self.dead_letter_queue(service),
+        ]
+    }
+
+    /// What `user` may do on the broker, and nothing more.
+    ///
+    /// A service may configure, bind and consume only its own queues. It re-declares the
+    /// shared exchanges at start (so no process depends on another having started first),
+    /// which needs `configure` on them. It publishes to the commands exchange (saga steps;
+    /// its retry and timer queues also dead-letter there, which RabbitMQ checks as a write when
+    /// it declares them), to the dead-letter exchange, and to the default exchange (replies,
+    /// retries, timers). Write on the default exchange cannot be narrowed by queue name in
+    /// RabbitMQ, so what is confined is reading: no service can consume, purge or delete
+    /// another's queue. The relay only declares the exchanges and publishes events.
+    pub fn permissions(&self, user: BrokerUser) -> BrokerPermissions {
+        let exchanges = self.all_exchanges();
+        match user {
+            BrokerUser::Service(service) => {
+                let own = self.service_queues(service);
+                let shared = [self.commands_exchange(), self.dead_letter_exchange()];
+                let mut write = own.clone();
+                write.extend(shared.iter().cloned());
+                write.push(DEFAULT_EXCHANGE.to_owned());
+                let mut read = own.clone();
+                read.extend(shared.iter().cloned());
+                let mut configure = own;
+                configure.extend(exchanges);
+                BrokerPermissions {
+                    configure: exactly(&configure),
+                    write: exactly(&write),
+                    read: exactly(&read),
+                }
+            }
+            BrokerUser::Relay => BrokerPermissions {
+                configure: exactly(&exchanges),
+                write: exactly(&[self.events_exchange()]),
+                read: exactly(&[]),
+            },
+        }
     }
 }
 
@@ -241,5 +345,54 @@ mod tests {
         {
             assert!(name.starts_with("ns1."), "{name} is not namespaced");
         }
+    }
+
+    /// The names a pattern from `exactly` matches (its inverse, for checking by name).
+    fn names(pattern: &str) -> Vec<String> {
+        let inner = pattern
+            .strip_prefix("^(")
+            .and_then(|p| p.strip_suffix(")$"))
+            .unwrap_or("");
+        inner
+            .split('|')
+            .filter(|n| !n.is_empty())
+            .map(|n| n.replace("\\.", "."))
+            .collect()
+    }
+
+    #[test]
+    fn a_service_may_read_only_its_own_queues() {
+        let topology = Topology::new(Namespace::parse("ns1").unwrap());
+        let catalog = topology.permissions(BrokerUser::Service(Service::Catalog));
+        let read = names(&catalog.read);
+        assert!(read.contains(&topology.command_queue(Service::Catalog)));
+        assert!(read.contains(&topology.dead_letter_queue(Service::Catalog)));
+        for other in [Service::Auth, Service::Orders, Service::Payments] {
+            for queue in topology.service_queues(other) {
+                assert!(!read.contains(&queue), "catalog may read {queue}");
+                assert!(!names(&catalog.configure).contains(&queue));
+                assert!(!names(&catalog.write).contains(&queue));
+            }
+        }
+        assert!(!read.contains(&topology.events_exchange()));
+        assert_eq!(
+            catalog.read,
+            format!(
+                "^({})$",
+                read.iter()
+                    .map(|n| n.replace('.', "\\."))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            )
+        );
+    }
+
+    #[test]
+    fn the_relay_only_publishes_events() {
+        let topology = Topology::new(Namespace::parse("ns1").unwrap());
+        let relay = topology.permissions(BrokerUser::Relay);
+        assert_eq!(relay.read, "^$");
+        assert_eq!(relay.write, "^(ns1\\.events)$");
+        assert_eq!(topology.broker_user(BrokerUser::Relay), "ns1-relay");
     }
 }

@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use eventline::Client;
+use eventline::client::Selection;
+use eventline::{Client, DeadLetter, broker_users};
 use eventline_events::catalog::{CatalogQuery, ListProducts};
 use eventline_events::orders::{GetOrder, ListMyOrders, OrdersQuery};
+use eventline_events::topology::BrokerUser;
 use eventline_events::values::OrderId;
 use eventline_events::{Metadata, OutgoingMessage, Reply, Service};
+use eventline_workers::runtime::db_roles;
 use eventline_workers::runtime::relay::Relay;
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::token;
@@ -38,6 +41,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create the database if it is missing and apply the migrations in schema/migrations.
+    /// With EVENTLINE_WORKER_DATABASE_URL set, also create that URL's user as a
+    /// least-privilege worker login (it may append to the event log, never rewrite it).
     Migrate,
     /// Run one replica of a service's worker (add replicas by running more).
     Worker {
@@ -76,11 +81,15 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
-    /// List a service's dead letters with their reasons (they stay in the queue).
+    /// List a service's dead letters with their reasons (they stay in the queue); `show` one
+    /// in full; `redrive` selected ones back to the service after a fix.
     DeadLetters {
         service: Service,
+        /// How many to list.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        #[command(subcommand)]
+        action: Option<DeadLetterAction>,
     },
     /// Print the products with their stock (a query over the broker).
     Products,
@@ -105,8 +114,21 @@ enum Command {
     /// Print one conversation (a correlation id, e.g. an order id) as a causal tree: who
     /// handled what, caused by what, recording which events. Ordered by causation, not clocks.
     Trace { correlation_id: uuid::Uuid },
-    /// Print a fresh Ed25519 key pair for session tokens, as environment variables.
+    /// Print a fresh Ed25519 key pair for session tokens and fresh passwords for the
+    /// per-service broker users, as environment variables.
     Keygen,
+    /// Define one broker user per service and one for the relay, each allowed only its own
+    /// queues (see README, "Least privilege"). Prints RabbitMQ definitions JSON; with --apply,
+    /// imports them with `rabbitmqctl import_definitions`. Passwords come from
+    /// EVENTLINE_AMQP_PASSWORD_{AUTH,CATALOG,ORDERS,PAYMENTS,RELAY} (`eventline keygen`).
+    BrokerUsers {
+        /// Import into the local node (run where rabbitmqctl works: as root or rabbitmq).
+        #[arg(long)]
+        apply: bool,
+        /// The virtual host the permissions are for.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
     /// Mint a session token (operators: e.g. an admin token for catalog changes). Needs
     /// EVENTLINE_AUTH_SIGNING_KEY.
     Token {
@@ -126,6 +148,30 @@ enum Command {
     /// command was lost or applied twice, and print a table. Needs root for the broker and
     /// database faults; restores their defaults when done.
     Chaos(eventline::chaos::ChaosOptions),
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Print one dead letter in full: its reason, every header and the whole body.
+    Show { message_id: String },
+    /// Send dead letters back to the service's queue with the same message ids (the inbox
+    /// makes anything already applied a duplicate), removing each from the dead-letter queue
+    /// once the broker has its copy. Choose message ids, --code or --all.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["message_ids", "code", "all"])))]
+    Redrive {
+        /// The message ids to re-drive.
+        message_ids: Vec<String>,
+        /// Every dead letter with this reason code, e.g. retries_exhausted.
+        #[arg(long)]
+        code: Option<String>,
+        /// Every dead letter of the service.
+        #[arg(long)]
+        all: bool,
+        /// Session token to send them with (the dead letters' own were removed), e.g. an admin
+        /// token for catalog changes; or EVENTLINE_TOKEN.
+        #[arg(long, env = "EVENTLINE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -160,6 +206,21 @@ async fn run() -> anyhow::Result<()> {
             let store = EventStore::connect(&config.database_url, 2).await?;
             store.migrate().await?;
             println!("database {} is migrated", config.database_url);
+            // The workers' own login (README, "Least privilege"): created here because only an
+            // administrator can, and migrate is the one step that runs as one.
+            if let Some(worker_url) = std::env::var("EVENTLINE_WORKER_DATABASE_URL")
+                .ok()
+                .filter(|v| !v.is_empty())
+            {
+                let worker_url = eventline_workers::runtime::SecretUrl::new(worker_url);
+                let user = db_roles::ensure_worker_login(&config.database_url, &worker_url)
+                    .await
+                    .context("creating the workers' login from EVENTLINE_WORKER_DATABASE_URL")?;
+                println!(
+                    "login {user} is a member of {}: it may append to the event log, never rewrite it",
+                    db_roles::WORKER_ROLE
+                );
+            }
         }
         Command::Worker { service } => run_worker(config, service).await?,
         Command::Relay => {
@@ -230,29 +291,90 @@ async fn run() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::DeadLetters { service, limit } => {
-            let client = Client::connect(&config.amqp_url, config.namespace.clone()).await?;
-            let letters = client.dead_letters(service, limit).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
-            } else if letters.is_empty() {
-                println!(
-                    "no dead letters in {}",
-                    client.topology().dead_letter_queue(service)
-                );
-            } else {
-                for letter in &letters {
-                    println!(
-                        "{}  {}  [{}] {}\n    body: {}",
-                        letter.message_id.as_deref().unwrap_or("(no id)"),
-                        letter.message_type.as_deref().unwrap_or("(no type)"),
-                        letter.code,
-                        letter.reason,
-                        letter.body.chars().take(200).collect::<String>()
-                    );
+        Command::DeadLetters {
+            service,
+            limit,
+            action,
+        } => {
+            let mut client = Client::connect(&config.amqp_url, config.namespace.clone()).await?;
+            let queue = client.topology().dead_letter_queue(service);
+            let mut refused_any = false;
+            match action {
+                None => {
+                    let letters = client.dead_letters(service, limit).await?;
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&letters)?);
+                    } else if letters.is_empty() {
+                        println!("no dead letters in {queue}");
+                    } else {
+                        for letter in &letters {
+                            println!(
+                                "{}  {}  [{}] {}\n    body: {}",
+                                letter.message_id.as_deref().unwrap_or("(no id)"),
+                                letter.message_type.as_deref().unwrap_or("(no type)"),
+                                letter.code,
+                                letter.reason,
+                                letter.body.chars().take(200).collect::<String>()
+                            );
+                        }
+                    }
+                }
+                Some(DeadLetterAction::Show { message_id }) => {
+                    let Some(letter) = client.dead_letter(service, &message_id).await? else {
+                        client.close().await;
+                        bail!(
+                            "no dead letter with message id {message_id} in {queue}; list them with `eventline dead-letters {service}`"
+                        );
+                    };
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&letter)?);
+                    } else {
+                        print_dead_letter(&letter);
+                    }
+                }
+                Some(DeadLetterAction::Redrive {
+                    message_ids,
+                    code,
+                    all,
+                    token,
+                }) => {
+                    if let Some(token) = token {
+                        client = client.with_token(token);
+                    }
+                    let selection = if all {
+                        Selection::All
+                    } else if let Some(code) = code {
+                        Selection::Code(code)
+                    } else {
+                        Selection::Ids(message_ids)
+                    };
+                    let report = client.redrive(service, &selection).await?;
+                    refused_any = !report.refused.is_empty() || !report.not_found.is_empty();
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        for id in &report.redriven {
+                            println!("redriven  {id}");
+                        }
+                        for refused in &report.refused {
+                            println!("kept      {}: {}", refused.message_id, refused.why);
+                        }
+                        for id in &report.not_found {
+                            println!("not found {id} (not in {queue})");
+                        }
+                        println!(
+                            "{} redriven to {service}; {} left in {queue}",
+                            report.redriven.len(),
+                            report.left
+                        );
+                    }
                 }
             }
             client.close().await;
+            if refused_any {
+                // 1 = done, but not everything asked for (as `send` for a refusal).
+                std::process::exit(1);
+            }
         }
         Command::Products => {
             let client = Client::connect(&config.amqp_url, config.namespace.clone()).await?;
@@ -355,6 +477,33 @@ async fn run() -> anyhow::Result<()> {
                 "EVENTLINE_AUTH_PUBLIC_KEY={}",
                 token::encode_key(&key.verifying_key().to_bytes())
             );
+            for user in BrokerUser::ALL {
+                println!(
+                    "{}={}",
+                    broker_users::password_var(user),
+                    broker_users::generate_password()
+                );
+            }
+        }
+        Command::BrokerUsers { apply, vhost } => {
+            let topology = eventline_events::Topology::new(config.namespace.clone());
+            let users = broker_users::users_from_env()?;
+            let definitions = broker_users::definitions(&topology, &vhost, &users);
+            if !apply {
+                println!("{}", serde_json::to_string_pretty(&definitions)?);
+                return Ok(());
+            }
+            broker_users::apply(&definitions).await?;
+            for new in &users {
+                let p = topology.permissions(new.user);
+                println!(
+                    "{} (vhost {vhost}):\n  configure {}\n  write     {}\n  read      {}",
+                    topology.broker_user(new.user),
+                    p.configure,
+                    p.write,
+                    p.read
+                );
+            }
         }
         Command::Token { role, user, ttl } => {
             let signing = config.auth.signing.as_ref().context(
@@ -433,6 +582,28 @@ fn query_result(reply: Reply, key: &str) -> anyhow::Result<serde_json::Value> {
         Reply::Accepted { result: None, .. } => bail!("the query's reply had no result"),
         Reply::Rejected { reason } => bail!("{} ({})", reason.message, reason.code),
     }
+}
+
+fn print_dead_letter(letter: &DeadLetter) {
+    println!(
+        "message id   {}\ntype         {}\nreason       [{}] {}\nqueue        {}\nhandled by   {}\ncorrelation  {}\nheaders:",
+        letter.message_id.as_deref().unwrap_or("(none)"),
+        letter.message_type.as_deref().unwrap_or("(none)"),
+        letter.code,
+        letter.reason,
+        letter.original_queue.as_deref().unwrap_or("?"),
+        letter.handled_by.as_deref().unwrap_or("?"),
+        letter.correlation_id.as_deref().unwrap_or("?"),
+    );
+    for (name, value) in &letter.headers {
+        println!("  {name}: {value}");
+    }
+    // Pretty-printed when it is JSON, as sent otherwise.
+    let body = serde_json::from_str::<serde_json::Value>(&letter.body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| letter.body.clone());
+    println!("body:\n{body}");
 }
 
 fn print_reply(reply: &Reply, json: bool) {

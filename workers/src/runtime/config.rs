@@ -49,6 +49,24 @@ impl SecretUrl {
         (!name.is_empty()).then_some(name)
     }
 
+    /// The user name and password in the URL's authority, percent-decoded. For creating the
+    /// login a URL names (`eventline migrate` with EVENTLINE_WORKER_DATABASE_URL); never log
+    /// the password.
+    pub fn credentials(&self) -> Option<(String, Option<String>)> {
+        let url = &self.0;
+        let start = url.find("://")? + 3;
+        let end = url[start..]
+            .find(['/', '?'])
+            .map_or(url.len(), |i| start + i);
+        let (userinfo, _host) = url[start..end].rsplit_once('@')?;
+        let (user, password) = match userinfo.split_once(':') {
+            Some((user, password)) => (user, Some(percent_decode(password))),
+            None => (userinfo, None),
+        };
+        let user = percent_decode(user);
+        (!user.is_empty()).then_some((user, password))
+    }
+
     fn redacted(&self) -> String {
         let url = &self.0;
         let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
@@ -89,6 +107,29 @@ impl SecretUrl {
         }
         out
     }
+}
+
+/// `%XX` escapes to bytes; anything malformed is kept as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl fmt::Display for SecretUrl {
@@ -300,6 +341,20 @@ mod tests {
             SecretUrl::new("postgres://root@h:5432/db").to_string(),
             "postgres://root@h:5432/db"
         );
+    }
+
+    #[test]
+    fn credentials_are_percent_decoded() {
+        let url = SecretUrl::new("postgres://app%2dw:p%40ss@db:5432/x?sslmode=disable");
+        assert_eq!(
+            url.credentials(),
+            Some(("app-w".to_owned(), Some("p@ss".to_owned())))
+        );
+        assert_eq!(
+            SecretUrl::new("postgres://root@h/db").credentials(),
+            Some(("root".to_owned(), None))
+        );
+        assert_eq!(SecretUrl::new("postgres://h/db").credentials(), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod backoff;
 pub mod broker;
 pub mod config;
+pub mod db_roles;
 pub mod handler;
 pub mod log_reader;
 pub mod projection;
