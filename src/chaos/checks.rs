@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use eventline_events::{Metadata, OutgoingMessage, Service, Topology};
 use eventline_workers::runtime::store::EventStore;
 use eventline_workers::runtime::{SecretUrl, broker};
@@ -226,7 +225,8 @@ pub async fn run(
 }
 
 /// Poison number `index`, one per service in turn: each must land in its dead-letter queue.
-pub async fn send_poison(client: &Client, index: usize) -> anyhow::Result<()> {
+/// Its message id is fixed here, so a re-send after a lost confirm is the same message.
+pub fn poison(index: usize) -> (Service, Vec<u8>, lapin::BasicProperties) {
     let (service, message_type, body): (Service, &str, &[u8]) = match index % 3 {
         0 => (Service::Catalog, "catalog.restock", b"{not json"),
         1 => (
@@ -245,16 +245,15 @@ pub async fn send_poison(client: &Client, index: usize) -> anyhow::Result<()> {
         body: Vec::new(),
         extra_headers: Vec::new(),
     });
-    client.publish_raw(service, body, properties).await?;
-    Ok(())
+    (service, body.to_vec(), properties)
 }
 
 /// Steps that arrive before the state they depend on: a commit of a reservation that was never
 /// made, and a refund of a payment that was never charged. Each must be answered and change
 /// nothing (the stock and money checks see to that).
-pub async fn send_step_before_state(client: &Client) -> anyhow::Result<()> {
+pub fn steps_before_state() -> Vec<OutgoingMessage> {
     let order = uuid::Uuid::now_v7();
-    for (message_type, body) in [
+    [
         (
             "catalog.commit_reservation",
             serde_json::json!({ "product_id": "tea", "order_id": order }),
@@ -263,26 +262,26 @@ pub async fn send_step_before_state(client: &Client) -> anyhow::Result<()> {
             "payments.refund_payment",
             serde_json::json!({ "order_id": order }),
         ),
-    ] {
-        let message = OutgoingMessage {
-            metadata: Metadata::origin(message_type),
-            body: body.to_string().into_bytes(),
-            extra_headers: Vec::new(),
-        };
-        client
-            .request_message(message, Duration::from_secs(30))
-            .await
-            .with_context(|| format!("{message_type} before its state was not answered"))?;
-    }
-    Ok(())
+    ]
+    .into_iter()
+    .map(|(message_type, body)| OutgoingMessage {
+        metadata: Metadata::origin(message_type),
+        body: body.to_string().into_bytes(),
+        extra_headers: Vec::new(),
+    })
+    .collect()
 }
 
-/// Exactly `expected` dead letters over all services, each with a reason.
+/// Exactly `expected` dead letters over all services (by message id: a poison message re-sent
+/// after a lost confirm is still one), each with a reason.
 pub async fn dead_letters(client: &Client, expected: usize) -> anyhow::Result<Option<String>> {
     let mut found = Vec::new();
+    let mut ids = BTreeSet::new();
     for service in Service::ALL {
         for letter in client.dead_letters(service, 1000).await? {
-            found.push((service, letter));
+            if ids.insert(letter.message_id.clone()) {
+                found.push((service, letter));
+            }
         }
     }
     let unexplained: Vec<_> = found

@@ -314,6 +314,14 @@ impl System<'_> {
             }
         }
         let audit = checks::Audit::declare(&self.base.amqp_url, &self.topology).await?;
+        // Declared as the workers declare them (idempotent), so nothing sent before a worker
+        // is up is returned unroutable.
+        let connection = broker::connect(&self.base.amqp_url, "chaos setup").await?;
+        let channel = connection.create_channel().await?;
+        for service in Service::ALL {
+            broker::declare_service_queues(&channel, &self.topology, service).await?;
+        }
+        let _ = connection.close(200, "declared".into()).await;
         let admin = Connections::new(self, Role::Admin);
         self.setup(&admin).await?;
         let connections_at_start = targets.amqp.accepted() + targets.postgres.accepted();
@@ -361,7 +369,10 @@ impl System<'_> {
         checks.refused = refused;
         checks.not_ended = ended.not_ended;
         checks.recovery_within_bound = longest_recovery < bound;
-        checks.dead_letters = checks::dead_letters(&*admin.get().await?, POISON).await?;
+        // A fresh connection: the faults may have broken any cached one.
+        let auditor = Client::connect(&self.base.amqp_url, self.namespace.clone()).await?;
+        checks.dead_letters = checks::dead_letters(&auditor, POISON).await?;
+        auditor.close().await;
         checks.relay = audit.verify(&self.store, bound).await?;
         Ok(Row {
             scenario: self.scenario.name(),
@@ -421,7 +432,13 @@ impl System<'_> {
         let mut i = 0;
         while i < self.options.orders || !faults_done.load(std::sync::atomic::Ordering::Acquire) {
             if i % every == 0 && i / every < POISON {
-                checks::send_poison(&*clients[0].get().await?, i / every).await?;
+                let (service, body, properties) = checks::poison(i / every);
+                if !clients[0]
+                    .publish_raw(service, &body, properties, bound)
+                    .await
+                {
+                    bail!("a poison message could not be published within {bound:?}");
+                }
             }
             let card = if i % 7 == 5 {
                 "tok_declined"
@@ -467,7 +484,14 @@ impl System<'_> {
                     ),
                 }
             }
-            checks::send_step_before_state(&*clients[0].get().await?).await?;
+            for step in checks::steps_before_state() {
+                if let Answer::Unanswered = clients[0].deliver(&step, bound, false).await {
+                    bail!(
+                        "{} sent before its state was never answered",
+                        step.metadata.message_type
+                    );
+                }
+            }
         }
         Ok(answers)
     }
@@ -602,6 +626,32 @@ impl Connections {
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, broken)) {
             *current = None;
         }
+    }
+
+    /// Publishes a raw message (the same id every time) until the broker confirms it.
+    async fn publish_raw(
+        &self,
+        service: Service,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+        bound: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Ok(client) = self.get().await {
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.publish_raw(service, body, properties.clone()),
+                )
+                .await;
+                if let Ok(Ok(())) = sent {
+                    return true;
+                }
+                self.forget(&client).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
     }
 
     /// Sends `message` (the same id every time) until a reply comes or `bound` passes.
