@@ -28,7 +28,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 eventline \
  && useradd --system --uid 10001 --gid eventline --home-dir /nonexistent --no-create-home \
-        --shell /usr/sbin/nologin eventline
+        --shell /usr/sbin/nologin eventline \
+ && install -d -o 10001 -g 10001 /definitions
+# /definitions: where `broker-users --boot-file` writes the broker's users in compose (a fresh
+# named volume mounted there takes this directory's owner).
 USER 10001:10001
 ENTRYPOINT ["eventline"]
 CMD ["--help"]

@@ -104,6 +104,44 @@ pub fn definitions(topology: &Topology, vhost: &str, users: &[NewUser]) -> serde
     json!({ "users": user_entries, "permissions": permissions })
 }
 
+/// A complete document for a broker to load at boot (`load_definitions`): the virtual host, the
+/// operator (`operator`, with every permission and the administrator tag) and the service
+/// users. A broker that loads definitions at boot creates no default user or virtual host, so
+/// both must be in it.
+pub fn boot_definitions(
+    topology: &Topology,
+    vhost: &str,
+    operator: (&str, &str),
+    users: &[NewUser],
+) -> serde_json::Value {
+    let mut document = definitions(topology, vhost, users);
+    document["vhosts"] = json!([{ "name": vhost }]);
+    if let Some(list) = document["users"].as_array_mut() {
+        list.insert(
+            0,
+            json!({
+                "name": operator.0,
+                "password_hash": password_hash(operator.1),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": "administrator",
+            }),
+        );
+    }
+    if let Some(list) = document["permissions"].as_array_mut() {
+        list.insert(
+            0,
+            json!({
+                "user": operator.0,
+                "vhost": vhost,
+                "configure": ".*",
+                "write": ".*",
+                "read": ".*",
+            }),
+        );
+    }
+    document
+}
+
 /// RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt ‖ SHA-256(salt ‖ password)), with
 /// a 4-byte random salt.
 fn password_hash(password: &str) -> String {

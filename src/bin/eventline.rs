@@ -128,6 +128,12 @@ enum Command {
         /// The virtual host the permissions are for.
         #[arg(long, default_value = "/")]
         vhost: String,
+        /// Instead, write a complete file for a broker to load at boot (`load_definitions`;
+        /// compose does this): the virtual host, the operator named in AMQP_URL (with all
+        /// permissions: a broker loading definitions creates no default user) and the service
+        /// users.
+        #[arg(long, conflicts_with = "apply")]
+        boot_file: Option<std::path::PathBuf>,
     },
     /// Mint a session token (operators: e.g. an admin token for catalog changes). Needs
     /// EVENTLINE_AUTH_SIGNING_KEY.
@@ -485,9 +491,32 @@ async fn run() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::BrokerUsers { apply, vhost } => {
+        Command::BrokerUsers {
+            apply,
+            vhost,
+            boot_file,
+        } => {
             let topology = eventline_events::Topology::new(config.namespace.clone());
             let users = broker_users::users_from_env()?;
+            if let Some(path) = boot_file {
+                let Some((user, Some(password))) = config.amqp_url.credentials() else {
+                    bail!(
+                        "--boot-file needs the operator's user and password in AMQP_URL (amqp://user:password@host/…), \
+                         got {}",
+                        config.amqp_url
+                    );
+                };
+                let document =
+                    broker_users::boot_definitions(&topology, &vhost, (&user, &password), &users);
+                std::fs::write(&path, serde_json::to_vec_pretty(&document)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!(
+                    "wrote {} (operator {user} and {} service users; password hashes only)",
+                    path.display(),
+                    users.len()
+                );
+                return Ok(());
+            }
             let definitions = broker_users::definitions(&topology, &vhost, &users);
             if !apply {
                 println!("{}", serde_json::to_string_pretty(&definitions)?);
