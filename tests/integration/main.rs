@@ -5,6 +5,7 @@ mod support;
 
 mod append_only;
 mod auth;
+mod batch;
 mod catalog;
 mod concurrency;
 mod crash;
