@@ -11,9 +11,10 @@
 //! 4. ack. A crash anywhere before the ack means redelivery, which step 2 makes harmless.
 //!
 //! Group commit: for handlers that allow it ([`Handler::BATCH`]), the deliveries the broker
-//! has already sent (up to the prefetch) are handled together in step 2 — one transaction,
-//! one inbox statement and one commit for all of them — and then each is settled on its own
-//! (steps 3 and 4, concurrently, so their publishes are pipelined). A duplicate in the batch
+//! has already sent (up to `MAX_BATCH`) are handled together in step 2 — one transaction,
+//! one inbox statement and one commit for all of them, one batch in the database at a time —
+//! and then each is settled on its own (steps 3 and 4, concurrently, so their publishes are
+//! pipelined, while the next batch runs its transaction). A duplicate in the batch
 //! gets its stored reply; a version conflict re-decides just that command inside the
 //! transaction; any other failure rolls the whole batch back and each message is handled in
 //! a transaction of its own, so one bad message costs its batch a retry, never its outcome.
@@ -57,9 +58,10 @@ pub const MAX_RETRY_ROUNDS: i64 = 10;
 /// Most messages one transaction handles. A bigger batch amortizes the commit and the
 /// inbox statement further, but holds its first message's reply back longer.
 const MAX_BATCH: usize = 32;
-/// Batches a worker handles at once, when its handler batches. Few, so that deliveries
-/// gather in the prefetch buffer while a batch commits and the next batch is bigger; more
-/// than one, so that the database works on one batch while the broker settles another.
+/// Batches a worker holds at once, when its handler batches: one in its transaction (the
+/// worker's single database lane), the others settling with the broker. One transaction at
+/// a time means a worker's own batches never race each other for a stream, and deliveries
+/// gather in the prefetch buffer while it commits, so the next batch is bigger.
 const BATCHES_IN_FLIGHT: usize = 3;
 
 /// How handling a message ended, before the ack decision.
@@ -182,11 +184,17 @@ impl<H: Handler> CommandWorker<H> {
             (1, usize::MAX)
         };
         let mut in_flight = JoinSet::new();
+        // The database lane: a batch is formed only once the previous one has committed.
+        let lane = Arc::new(tokio::sync::Semaphore::new(1));
+        let mut turn: Option<tokio::sync::OwnedSemaphorePermit> = None;
         let result = loop {
             tokio::select! {
                 () = shutdown.triggered() => break Ok(()),
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                next = deliveries.next(), if in_flight.len() < max_in_flight => match next {
+                permit = lane.clone().acquire_owned(), if H::BATCH && turn.is_none() => {
+                    turn = permit.ok();
+                }
+                next = deliveries.next(), if in_flight.len() < max_in_flight && (turn.is_some() || !H::BATCH) => match next {
                     Some(Ok(delivery)) => {
                         // What the broker has already sent joins the batch; nothing waits for more.
                         let mut batch = vec![delivery];
@@ -203,7 +211,8 @@ impl<H: Handler> CommandWorker<H> {
                         }
                         let this = self.clone();
                         let session = session.clone();
-                        in_flight.spawn(async move { this.process(&session, batch).await });
+                        let turn = turn.take();
+                        in_flight.spawn(async move { this.process(&session, batch, turn).await });
                         if let Some(error) = failed {
                             break Err(error);
                         }
@@ -230,11 +239,17 @@ impl<H: Handler> CommandWorker<H> {
         result
     }
 
-    /// Handles a batch of deliveries, then settles each.
-    async fn process(&self, session: &Session, deliveries: Vec<Delivery>) {
+    /// Handles a batch of deliveries, gives up the database lane (`turn`), then settles each.
+    async fn process(
+        &self,
+        session: &Session,
+        deliveries: Vec<Delivery>,
+        turn: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let mut items: Vec<Received<H::Command>> =
             deliveries.into_iter().map(|d| self.receive(d)).collect();
         self.handle_all(&mut items).await;
+        drop(turn);
         let outcomes: Vec<Outcome> = items
             .iter_mut()
             .map(|item| {
