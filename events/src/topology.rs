@@ -198,6 +198,8 @@ impl Topology {
                     self.query_queue(s),
                     self.retry_queue(s),
                     self.dead_letter_queue(s),
+                    self.reply_queue(s),
+                    self.delay_queue(s),
                 ]
             })
             .collect()
