@@ -52,6 +52,10 @@ impl Workload {
         self.products.len()
     }
 
+    pub fn product_ids(&self) -> &[ProductId] {
+        &self.products
+    }
+
     fn next_command(&self) -> CatalogCommand {
         let product = &self.products[fastrand::usize(..self.products.len())];
         CatalogCommand::from(ReserveStock {
@@ -81,7 +85,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from_histogram(h: &Histogram<u64>) -> Self {
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         if h.is_empty() {
             return Self::default();

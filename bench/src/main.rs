@@ -21,6 +21,7 @@ mod progress;
 mod raw_broker;
 mod raw_db;
 mod report;
+mod saga;
 mod system;
 mod usage;
 
@@ -252,6 +253,48 @@ async fn measure(
         }
     };
 
+    progress.phase(format!("order saga, {} clients", plan.clients));
+    within(
+        "starting the saga's workers",
+        SETUP_PATIENCE,
+        system.start_saga(base),
+    )
+    .await?;
+    let saga_products = within(
+        "adding products",
+        SETUP_PATIENCE,
+        system.seed("sg", plan.products, progress),
+    )
+    .await?;
+    let saga_clients = within(
+        "connecting the saga's clients",
+        SETUP_PATIENCE,
+        system.saga_clients(plan.clients),
+    )
+    .await?;
+    let saga = within(
+        "the order saga",
+        plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE,
+        saga::closed_loop(
+            &saga_clients,
+            saga_products.product_ids(),
+            Window {
+                warmup: plan.warmup,
+                duration: plan.duration,
+            },
+            plan.request_timeout,
+        ),
+    )
+    .await?;
+    progress.done(format!(
+        "saga        {:.0} orders/s ({:.0} confirmed/s)  p50 {:.1}  p99 {:.1} ms  errors {}",
+        saga.orders_per_s,
+        saga.confirmed_per_s,
+        saga.latency.p50_ms,
+        saga.latency.p99_ms,
+        saga.errors
+    ));
+
     let end_to_end = EndToEnd {
         command: "catalog.reserve_stock",
         clients: plan.clients,
@@ -264,6 +307,7 @@ async fn measure(
             short_streams,
             long_streams,
         },
+        saga,
     };
     Ok((raw_broker, raw_database, end_to_end))
 }
@@ -382,7 +426,7 @@ async fn interrupted() -> &'static str {
 
 fn step_count(plan: &Plan) -> u64 {
     let raw = 4 + 5;
-    let e2e = 1 + plan.offered_fractions.len() + 1 + (plan.replicas.len() - 1) + 1 + 2;
+    let e2e = 1 + plan.offered_fractions.len() + 1 + (plan.replicas.len() - 1) + 1 + 2 + 1;
     (raw + e2e) as u64
 }
 

@@ -67,6 +67,8 @@ pub struct EndToEnd {
     pub conflict_heavy: PointReport,
     pub scaling: Vec<PointReport>,
     pub log_growth: LogGrowth,
+    /// The whole order saga (orders, catalog, payments, relay), closed loop.
+    pub saga: crate::saga::SagaReport,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -121,6 +123,12 @@ impl Report {
                 met: best.load.achieved_per_s >= 5000.0,
             });
         }
+        targets.push(Target {
+            name: "full order saga",
+            goal: ">= 1000 orders/s".into(),
+            measured: format!("{:.0} orders/s", e2e.saga.orders_per_s),
+            met: e2e.saga.orders_per_s >= 1000.0,
+        });
         targets.push(Target {
             name: "E/E*",
             goal: ">= 0.75".into(),
@@ -287,6 +295,28 @@ impl Report {
             out,
             "  log growth: filled {} events in {:.0} s ({} long streams of {} events, the rest in streams of 10)",
             fill.events, fill.seconds, fill.long_streams, fill.long_stream_events
+        )?;
+        let saga = &e.saga;
+        writeln!(
+            out,
+            "\nORDER SAGA  place_order -> orders -> catalog -> payments -> outcome event, {} clients, closed loop",
+            saga.clients
+        )?;
+        writeln!(
+            out,
+            "  {:.0} orders/s ({:.0} confirmed/s)  p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1} ms  outcomes {:?}  errors {}{}",
+            saga.orders_per_s,
+            saga.confirmed_per_s,
+            saga.latency.p50_ms,
+            saga.latency.p95_ms,
+            saga.latency.p99_ms,
+            saga.latency.max_ms,
+            saga.outcomes,
+            saga.errors,
+            saga.first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
         )?;
 
         writeln!(

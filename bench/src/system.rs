@@ -52,6 +52,8 @@ pub struct System {
     timeout: Duration,
     /// Signed for this run's key; lets the setup add products.
     admin_token: String,
+    /// Signed for this run's key; what the saga point's clients place orders with.
+    customer_token: String,
 }
 
 /// Where the log is, to tell how many events a load point added and how many positions
@@ -102,6 +104,15 @@ impl System {
             },
             &signing,
         );
+        let customer_token = eventline_workers::runtime::token::sign(
+            &eventline_events::auth::Claims {
+                sub: eventline_events::auth::UserId::new(),
+                role: eventline_events::auth::Role::Customer,
+                iat: now,
+                exp: now + 24 * 3600,
+            },
+            &signing,
+        );
         let supervisor = Supervisor::new(
             eventline,
             vec![
@@ -131,6 +142,7 @@ impl System {
             workers: Vec::new(),
             timeout: plan.request_timeout,
             admin_token,
+            customer_token,
         })
     }
 
@@ -169,6 +181,36 @@ impl System {
         self.wait_for_consumers(replicas).await
     }
 
+    /// (Re)starts the relay and `replicas` workers of each service the order saga needs
+    /// (catalog, orders, payments), and waits until they all consume.
+    pub async fn start_saga(&mut self, replicas: usize) -> anyhow::Result<()> {
+        self.stop().await;
+        self.supervisor.spawn("relay", &["relay"])?;
+        for service in ["catalog", "orders", "payments"] {
+            for i in 1..=replicas {
+                let name = format!("{service}-{i}");
+                self.supervisor.spawn(&name, &["worker", service])?;
+                self.workers.push(name);
+            }
+        }
+        for service in [Service::Catalog, Service::Orders, Service::Payments] {
+            self.wait_for(service, replicas).await?;
+        }
+        Ok(())
+    }
+
+    /// `n` clients that place orders as this run's customer, each with its own connection.
+    pub async fn saga_clients(&self, n: usize) -> anyhow::Result<Vec<Arc<Client>>> {
+        let mut clients = Vec::with_capacity(n);
+        for _ in 0..n {
+            let client = Client::connect(&self.amqp_url, self.namespace.clone())
+                .await?
+                .with_token(self.customer_token.clone());
+            clients.push(Arc::new(client));
+        }
+        Ok(clients)
+    }
+
     /// Stops every child with SIGTERM (each finishes its in-flight commands first).
     pub async fn stop(&mut self) {
         self.supervisor.stop_all(PATIENCE).await;
@@ -176,7 +218,11 @@ impl System {
     }
 
     async fn wait_for_consumers(&mut self, replicas: usize) -> anyhow::Result<()> {
-        let queue = self.topology.command_queue(Service::Catalog);
+        self.wait_for(Service::Catalog, replicas).await
+    }
+
+    async fn wait_for(&mut self, service: Service, replicas: usize) -> anyhow::Result<()> {
+        let queue = self.topology.command_queue(service);
         let connection = broker::connect(&self.amqp_url, "bench probe").await?;
         let deadline = Instant::now() + PATIENCE;
         let result = loop {
@@ -208,7 +254,7 @@ impl System {
             }
             if Instant::now() > deadline {
                 break Err(anyhow::anyhow!(
-                    "only {consumers} of {replicas} catalog workers consumed from {queue} within {PATIENCE:?}; see the logs in {}",
+                    "only {consumers} of {replicas} {service} workers consumed from {queue} within {PATIENCE:?}; see the logs in {}",
                     self.supervisor.log_dir().display()
                 ));
             }

@@ -6,6 +6,7 @@ mod support;
 mod append_only;
 mod auth;
 mod bad_input;
+mod batch;
 mod catalog;
 mod concurrency;
 mod crash;

@@ -10,8 +10,10 @@ use eventline_events::reply::ReplyEvent;
 use eventline_events::values::StreamId;
 use eventline_events::{Contract, EventId, Rejection, Reply, Service};
 
-use super::handler::{Context, Dispatch, Handled, Handler, HandlerError};
-use super::store::{CommandTx, EventMetadata, NewEvent, StoreError};
+use std::collections::HashMap;
+
+use super::handler::{BATCH_CONFLICT_RETRIES, Context, Dispatch, Handled, Handler, HandlerError};
+use super::store::{Append, CommandTx, EventMetadata, NewEvent, StoreError};
 
 /// A stream's state, folded from its events.
 pub trait State: Default + Send + Sync + 'static {
@@ -68,9 +70,16 @@ pub async fn load<S: State>(
     tx: &mut CommandTx,
     stream_id: &StreamId,
 ) -> Result<(S, i64), StoreError> {
+    fold(stream_id, tx.load_stream(stream_id).await?)
+}
+
+fn fold<S: State>(
+    stream_id: &StreamId,
+    events: Vec<(i64, String, serde_json::Value)>,
+) -> Result<(S, i64), StoreError> {
     let mut state = S::default();
     let mut version = 0;
-    for (event_version, event_type, data) in tx.load_stream(stream_id).await? {
+    for (event_version, event_type, data) in events {
         let event = S::Event::from_json(&event_type, data).map_err(|e| {
             StoreError::Corrupt(format!("{stream_id} version {event_version}: {e}"))
         })?;
@@ -80,10 +89,25 @@ pub async fn load<S: State>(
     Ok((state, version))
 }
 
+/// A decision of a batch, waiting for its append.
+struct Decided {
+    /// Index in the batch.
+    index: usize,
+    expected: i64,
+    events: Vec<NewEvent>,
+    dispatch: Vec<Dispatch>,
+}
+
 impl<A: Aggregate> Handler for AggregateHandler<A> {
     type Command = A::Command;
     const SERVICE: Service = A::SERVICE;
     const CONSUMES_REPLIES: bool = A::CONSUMES_REPLIES;
+    // The append is the only write, and it comes last.
+    const BATCH: bool = true;
+
+    fn stream_hint(&self, command: &A::Command, ctx: &Context<'_>) -> Option<StreamId> {
+        Some(A::stream_id(command, ctx))
+    }
 
     async fn handle(
         &self,
@@ -120,6 +144,108 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
             stored_reply: None,
             dispatch,
         })
+    }
+
+    /// The whole batch in a few statements however big it is: load every stream it is
+    /// about, decide each command in order (each sees the events of the ones before it on
+    /// its stream), append everything at once. If another writer appended to one of the
+    /// streams meanwhile, nothing goes in and every command is decided again on reloaded
+    /// streams.
+    async fn handle_batch(
+        &self,
+        tx: &mut CommandTx,
+        batch: &[(Context<'_>, &A::Command)],
+    ) -> Result<Vec<Handled>, HandlerError> {
+        let streams: Vec<StreamId> = batch.iter().map(|(ctx, c)| A::stream_id(c, ctx)).collect();
+        let mut results: Vec<Option<Handled>> = batch.iter().map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut rounds = 0;
+        while !pending.is_empty() {
+            rounds += 1;
+            if rounds > 1 + BATCH_CONFLICT_RETRIES {
+                return Err(StoreError::Conflict {
+                    stream_id: streams[pending[0]].to_string(),
+                    expected: 0,
+                }
+                .into());
+            }
+            let mut wanted: Vec<&StreamId> = pending.iter().map(|&i| &streams[i]).collect();
+            wanted.sort();
+            wanted.dedup();
+            let mut loaded = tx.load_streams(&wanted).await?;
+            let mut states: HashMap<&StreamId, (A, i64)> = HashMap::with_capacity(wanted.len());
+            for stream_id in wanted {
+                let events = loaded.remove(stream_id).unwrap_or_default();
+                states.insert(stream_id, fold::<A>(stream_id, events)?);
+            }
+            let mut decided = Vec::new();
+            for &i in &pending {
+                let (ctx, command) = &batch[i];
+                let Some((state, version)) = states.get_mut(&streams[i]) else {
+                    return Err(
+                        StoreError::Corrupt(format!("{} was not loaded", streams[i])).into(),
+                    );
+                };
+                match state.decide(command, ctx) {
+                    Err(rejection) => {
+                        results[i] = Some(Handled::reply(Reply::Rejected {
+                            reason: Rejection::new(rejection.code(), rejection.to_string()),
+                        }));
+                    }
+                    Ok(events) => {
+                        let mut dispatch = Vec::new();
+                        for event in &events {
+                            state.apply(event);
+                            dispatch.extend(state.dispatch(event, ctx));
+                        }
+                        let expected = *version;
+                        *version += events.len() as i64;
+                        decided.push(Decided {
+                            index: i,
+                            expected,
+                            events: new_events(&events),
+                            dispatch,
+                        });
+                    }
+                }
+            }
+            let metadata: Vec<EventMetadata> = decided
+                .iter()
+                .map(|d| EventMetadata::for_command(&batch[d.index].0))
+                .collect();
+            let appends: Vec<Append<'_>> = decided
+                .iter()
+                .zip(&metadata)
+                .map(|(d, metadata)| Append {
+                    stream_id: &streams[d.index],
+                    expected_version: d.expected,
+                    events: &d.events,
+                    metadata,
+                })
+                .collect();
+            let moved = tx.append_all(&appends).await?;
+            drop(appends);
+            if !moved.is_empty() {
+                // Nothing went in: decide everything again, on the reloaded streams.
+                tracing::debug!(
+                    streams = moved.len(),
+                    "version conflict in a batch; deciding again"
+                );
+                continue;
+            }
+            for d in decided {
+                results[d.index] = Some(Handled {
+                    reply: accepted(streams[d.index].clone(), d.expected, d.events, None),
+                    stored_reply: None,
+                    dispatch: d.dispatch,
+                });
+            }
+            pending.clear();
+        }
+        results
+            .into_iter()
+            .collect::<Option<Vec<Handled>>>()
+            .ok_or_else(|| StoreError::Corrupt("a batch left a command undecided".into()).into())
     }
 }
 

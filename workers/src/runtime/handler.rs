@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use eventline_events::values::StreamId;
 use eventline_events::{CausationId, Contract, CorrelationId, MessageId, Metadata, Reply, Service};
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +129,18 @@ pub trait Handler: Send + Sync + 'static {
     const INPUT: Input = Input::Commands;
     /// Whether the worker also consumes the service's reply queue (sagas).
     const CONSUMES_REPLIES: bool = false;
+    /// Whether several messages may share one transaction (group commit). Only for handlers
+    /// whose one write is a final [`CommandTx::append`] (or none) and that do no slow I/O:
+    /// after a version conflict the worker calls `handle` again in the same transaction,
+    /// which is only sound when the failed attempt wrote nothing else.
+    const BATCH: bool = false;
+
+    /// The stream `command` will append to, if known before handling. A batch handles its
+    /// commands in stream order, so two batches lock streams in the same order and cannot
+    /// deadlock.
+    fn stream_hint(&self, _command: &Self::Command, _ctx: &Context<'_>) -> Option<StreamId> {
+        None
+    }
 
     fn handle<'a>(
         &'a self,
@@ -135,7 +148,45 @@ pub trait Handler: Send + Sync + 'static {
         ctx: &'a Context<'a>,
         command: &'a Self::Command,
     ) -> impl Future<Output = Result<Handled, HandlerError>> + Send + 'a;
+
+    /// Handles several messages (distinct ids, claimed in `tx`) in one transaction; returns
+    /// one result per message, in order. Called only when [`Handler::BATCH`] is true. On an
+    /// error the worker rolls the transaction back and handles each message alone.
+    ///
+    /// The default calls `handle` for each in turn and, after a version conflict that left
+    /// the transaction usable, calls it again on fresh state.
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a mut CommandTx,
+        batch: &'a [(Context<'a>, &'a Self::Command)],
+    ) -> impl Future<Output = Result<Vec<Handled>, HandlerError>> + Send + 'a {
+        async move {
+            let mut handled = Vec::with_capacity(batch.len());
+            for (ctx, command) in batch {
+                let mut conflicts = 0;
+                loop {
+                    match self.handle(tx, ctx, command).await {
+                        Ok(h) => {
+                            handled.push(h);
+                            break;
+                        }
+                        Err(HandlerError::Store(StoreError::Conflict { .. }))
+                            if tx.usable() && conflicts < BATCH_CONFLICT_RETRIES =>
+                        {
+                            conflicts += 1;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+            Ok(handled)
+        }
+    }
 }
+
+/// Re-decides after version conflicts inside one batch before the batch gives up (and its
+/// messages are handled one by one).
+pub const BATCH_CONFLICT_RETRIES: u32 = 5;
 
 /// Contexts for unit tests of pure domain logic: no broker, no database.
 pub mod testing {

@@ -6,20 +6,20 @@
 //! hands out only the *contiguous* prefix after its checkpoint, and at a hole it waits until
 //! the hole is provably permanent:
 //!
-//! 1. Reading in a REPEATABLE READ transaction, it sees holes below the highest visible
+//! 1. Reading in one statement (one snapshot), it sees holes below the highest visible
 //!    position `up_to`, and records `horizon = xmax` of that snapshot. Whoever drew a missing
 //!    `p < up_to` drew it before `up_to`'s writer drew its number, and had a transaction id
 //!    before that (the store writes the inbox row first — see [`super::store`]), so that
 //!    transaction's id < horizon.
 //! 2. Once a later snapshot has `xmin >= horizon`, every transaction below the horizon has
-//!    ended. Whatever is still missing up to `up_to` in that same snapshot was rolled back:
-//!    skip it, all at once.
+//!    ended. Whatever is still missing up to `up_to` in that same snapshot was never written
+//!    (rolled back, or drawn for a row that lost a version race): skip it, all at once.
 //!
 //! Usually a hole closes within a millisecond (the writer commits); rolled-back holes cost
 //! one extra poll per batch, not per hole. Per-stream order is implied: version n+1 is drawn
 //! after version n committed.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 
 use super::store::{EventStore, RecordedEvent, StoreError};
 
@@ -68,20 +68,14 @@ impl LogReader {
         &mut self,
         conn: &mut PgConnection,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut tx = conn.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        // Same snapshot for the horizon check and the rows: that is what makes the check sound.
-        let (xmin, xmax): (i64, i64) = sqlx::query_as(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
-                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let rows = EventStore::read_log(&mut tx, self.position, self.batch_size).await?;
-        tx.commit().await?;
-        Ok(self.take_contiguous(rows, xmin, xmax))
+        // One statement, one snapshot: the horizon check and the rows come from the same
+        // snapshot, which is what makes the check sound.
+        let (rows, snapshot) =
+            EventStore::read_log_with_snapshot(conn, self.position, self.batch_size).await?;
+        Ok(match snapshot {
+            Some((xmin, xmax)) => self.take_contiguous(rows, xmin, xmax),
+            None => Vec::new(),
+        })
     }
 
     fn take_contiguous(

@@ -6,6 +6,7 @@
 //! transaction id *before* any log position is drawn, which the gap-safe reader relies on
 //! (see [`super::log_reader`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use eventline_events::values::StreamId;
@@ -165,38 +166,115 @@ impl EventStore {
         message: &Metadata,
         handled_by: &str,
     ) -> Result<Claim, StoreError> {
+        let (tx, mut claims) = self.begin_batch(consumer, &[message], handled_by).await?;
+        match claims.pop() {
+            Some(BatchClaim::New) => Ok(Claim::New(tx)),
+            Some(BatchClaim::Duplicate { reply, outputs }) => {
+                tx.rollback().await?;
+                Ok(Claim::Duplicate { reply, outputs })
+            }
+            None => {
+                tx.rollback().await?;
+                Err(StoreError::Database(sqlx::Error::RowNotFound))
+            }
+        }
+    }
+
+    /// Starts one transaction for several messages by claiming all their ids for `consumer`
+    /// in one statement — the transaction's first write, so it holds a transaction id before
+    /// any log position is drawn (see [`super::log_reader`]).
+    ///
+    /// Returns the transaction and, per message in the order given, whether it is new (its
+    /// effects go into this transaction) or a duplicate (with what it got the first time).
+    /// The transaction is returned even when every message is a duplicate; roll it back.
+    /// Rows are claimed in message-id order, so two batches that share ids cannot deadlock.
+    /// `messages` must not repeat an id (the second would look like a duplicate whose reply
+    /// is not stored yet).
+    pub async fn begin_batch(
+        &self,
+        consumer: &str,
+        messages: &[&Metadata],
+        handled_by: &str,
+    ) -> Result<(CommandTx, Vec<BatchClaim>), StoreError> {
+        let mut sorted: Vec<&Metadata> = messages.to_vec();
+        sorted.sort_by_key(|m| m.message_id.as_uuid());
+        let ids: Vec<uuid::Uuid> = sorted.iter().map(|m| m.message_id.as_uuid()).collect();
+        let correlations: Vec<uuid::Uuid> =
+            sorted.iter().map(|m| m.correlation_id.as_uuid()).collect();
+        let causations: Vec<uuid::Uuid> = sorted.iter().map(|m| m.causation_id.as_uuid()).collect();
+        let types: Vec<&str> = sorted.iter().map(|m| m.message_type.as_str()).collect();
         let mut tx = self.pool.begin().await?;
-        let claimed = sqlx::query(
+        // WITH ORDINALITY + ORDER BY: the rows are inserted (and their index entries locked) in
+        // message-id order.
+        let claimed: Result<Vec<uuid::Uuid>, sqlx::Error> = sqlx::query_scalar(
             "INSERT INTO processed_messages \
                  (consumer, message_id, handled_by, correlation_id, causation_id, message_type) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+             SELECT $1, m.id, $3, m.correlation, m.causation, m.kind \
+             FROM unnest($2::uuid[], $4::uuid[], $5::uuid[], $6::text[]) \
+                  WITH ORDINALITY AS m(id, correlation, causation, kind, n) \
+             ORDER BY m.n \
+             ON CONFLICT DO NOTHING RETURNING message_id",
         )
         .bind(consumer)
-        .bind(message.message_id.as_uuid())
+        .bind(&ids)
         .bind(handled_by)
-        .bind(message.correlation_id.as_uuid())
-        .bind(message.causation_id.as_uuid())
-        .bind(&message.message_type)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if claimed {
-            return Ok(Claim::New(CommandTx {
+        .bind(&correlations)
+        .bind(&causations)
+        .bind(&types)
+        .fetch_all(&mut *tx)
+        .await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                let _ = tx.rollback().await;
+                return Err(error.into());
+            }
+        };
+        let mut stored = std::collections::HashMap::new();
+        if claimed.len() < ids.len() {
+            let duplicates: Vec<uuid::Uuid> = ids
+                .iter()
+                .filter(|id| !claimed.contains(id))
+                .copied()
+                .collect();
+            let rows: Result<Vec<(uuid::Uuid, Option<serde_json::Value>, serde_json::Value)>, _> =
+                sqlx::query_as(
+                    "SELECT message_id, reply, outputs FROM processed_messages \
+                     WHERE consumer = $1 AND message_id = ANY($2)",
+                )
+                .bind(consumer)
+                .bind(&duplicates)
+                .fetch_all(&mut *tx)
+                .await;
+            match rows {
+                Ok(rows) => stored.extend(rows.into_iter().map(|(id, r, o)| (id, (r, o)))),
+                Err(error) => {
+                    let _ = tx.rollback().await;
+                    return Err(error.into());
+                }
+            }
+        }
+        let claims = messages
+            .iter()
+            .map(|m| match stored.remove(&m.message_id.as_uuid()) {
+                Some((reply, outputs)) => BatchClaim::Duplicate { reply, outputs },
+                None => BatchClaim::New,
+            })
+            .collect();
+        let new = messages
+            .iter()
+            .map(|m| m.message_id)
+            .filter(|id| claimed.contains(&id.as_uuid()))
+            .collect();
+        Ok((
+            CommandTx {
                 tx,
                 consumer: consumer.to_owned(),
-                message_id: message.message_id,
-            }));
-        }
-        let (reply, outputs): (Option<serde_json::Value>, serde_json::Value) = sqlx::query_as(
-            "SELECT reply, outputs FROM processed_messages WHERE consumer = $1 AND message_id = $2",
-        )
-        .bind(consumer)
-        .bind(message.message_id.as_uuid())
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.rollback().await?;
-        Ok(Claim::Duplicate { reply, outputs })
+                claimed: new,
+                usable: true,
+            },
+            claims,
+        ))
     }
 
     /// The log from `after` on, in position order, at most `limit` rows.
@@ -215,6 +293,37 @@ impl EventStore {
         .fetch_all(conn)
         .await?;
         rows.into_iter().map(recorded_event).collect()
+    }
+
+    /// Like [`EventStore::read_log`], in one statement that also returns the bounds (`xmin`,
+    /// `xmax`) of the snapshot the rows were read with — `None` when there are no rows. One
+    /// statement has one snapshot, and `pg_current_snapshot()` is that snapshot, so this
+    /// needs no REPEATABLE READ transaction around it: one round trip instead of five.
+    pub async fn read_log_with_snapshot(
+        conn: &mut sqlx::PgConnection,
+        after: i64,
+        limit: i64,
+    ) -> Result<(Vec<RecordedEvent>, Option<(i64, i64)>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS snapshot_xmin, \
+                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS snapshot_xmax, \
+                    position, stream_id, stream_version, event_id, event_type, schema_version, \
+                    data, metadata, recorded_at \
+             FROM event_log WHERE position > $1 ORDER BY position LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+        let snapshot = match rows.first() {
+            Some(row) => Some((row.try_get("snapshot_xmin")?, row.try_get("snapshot_xmax")?)),
+            None => None,
+        };
+        let events = rows
+            .into_iter()
+            .map(recorded_event)
+            .collect::<Result<_, _>>()?;
+        Ok((events, snapshot))
     }
 
     pub async fn checkpoint(&self, name: &str) -> Result<i64, StoreError> {
@@ -325,11 +434,35 @@ pub enum Claim {
     },
 }
 
-/// A command's open transaction, after its inbox claim.
+/// The result of claiming one message id of a batch (see [`EventStore::begin_batch`]).
+#[derive(Debug)]
+pub enum BatchClaim {
+    /// Claimed in the batch's transaction: handle it there.
+    New,
+    /// Handled before: the reply it got then, and the messages it dispatched.
+    Duplicate {
+        reply: Option<serde_json::Value>,
+        outputs: serde_json::Value,
+    },
+}
+
+/// One append of [`CommandTx::append_all`].
+pub struct Append<'a> {
+    pub stream_id: &'a StreamId,
+    pub expected_version: i64,
+    pub events: &'a [NewEvent],
+    pub metadata: &'a EventMetadata,
+}
+
+/// One or more commands' open transaction, after their inbox claims.
 pub struct CommandTx {
     tx: Transaction<'static, Postgres>,
     consumer: String,
-    message_id: MessageId,
+    /// The message ids this transaction claimed, in the order they were given.
+    claimed: Vec<MessageId>,
+    /// False once a statement left the transaction unable to commit what its handlers meant
+    /// (a torn append); the caller must roll back.
+    usable: bool,
 }
 
 impl CommandTx {
@@ -361,6 +494,118 @@ impl CommandTx {
             .collect()
     }
 
+    /// Every event of each of `stream_ids`, in version order, in one statement: what
+    /// [`CommandTx::load_stream`] returns, per stream (absent streams are absent).
+    pub async fn load_streams(
+        &mut self,
+        stream_ids: &[&StreamId],
+    ) -> Result<HashMap<StreamId, Vec<(i64, String, serde_json::Value)>>, StoreError> {
+        let ids: Vec<&str> = stream_ids.iter().map(|s| s.as_str()).collect();
+        let rows: Vec<(String, i64, String, serde_json::Value)> = sqlx::query_as(
+            "SELECT stream_id, stream_version, event_type, data FROM event_log \
+             WHERE stream_id = ANY($1) ORDER BY stream_id, stream_version",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut streams: HashMap<StreamId, Vec<(i64, String, serde_json::Value)>> = HashMap::new();
+        for (stream_id, version, event_type, data) in rows {
+            streams
+                .entry(StreamId::from_log(stream_id))
+                .or_default()
+                .push((version, event_type, data));
+        }
+        Ok(streams)
+    }
+
+    /// Several appends (to one or more streams) in one statement, all or nothing. Returns
+    /// the streams another writer appended to first (deduplicated); when there are any,
+    /// none of the appends went in (rolled back to a savepoint, the transaction stays
+    /// usable), and the caller reloads those streams and decides again.
+    ///
+    /// Rows are inserted in the order given, so two batches that order their appends by
+    /// stream wait on each other in the same order and cannot deadlock.
+    pub async fn append_all(
+        &mut self,
+        appends: &[Append<'_>],
+    ) -> Result<Vec<StreamId>, StoreError> {
+        let rows = appends.iter().map(|a| a.events.len()).sum();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let mut streams: Vec<&str> = Vec::with_capacity(rows);
+        let mut versions: Vec<i64> = Vec::with_capacity(rows);
+        let mut ids: Vec<uuid::Uuid> = Vec::with_capacity(rows);
+        let mut types: Vec<&str> = Vec::with_capacity(rows);
+        let mut data: Vec<&serde_json::Value> = Vec::with_capacity(rows);
+        let mut metadata: Vec<serde_json::Value> = Vec::with_capacity(rows);
+        for append in appends {
+            let meta = serde_json::to_value(append.metadata).unwrap_or_default();
+            for (event, version) in append.events.iter().zip(append.expected_version + 1..) {
+                streams.push(append.stream_id.as_str());
+                versions.push(version);
+                ids.push(event.event_id.as_uuid());
+                types.push(event.event_type);
+                data.push(&event.data);
+                metadata.push(meta.clone());
+            }
+        }
+        // A lost race skips rows instead of failing the statement (ON CONFLICT DO NOTHING, as
+        // in `append`), so RETURNING names every stream that moved at once. The savepoint
+        // takes back the rows that did go in: a later command's events must not land on a
+        // stream whose earlier command lost.
+        let result = async {
+            sqlx::query("SAVEPOINT append_all")
+                .execute(&mut *self.tx)
+                .await?;
+            sqlx::query_scalar::<_, uuid::Uuid>(
+                "INSERT INTO event_log (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
+                 SELECT s, v, id, t, $7, d, m \
+                 FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[]) \
+                      WITH ORDINALITY AS e(s, v, id, t, d, m, n) \
+                 ORDER BY n \
+                 ON CONFLICT (stream_id, stream_version) DO NOTHING RETURNING event_id",
+            )
+            .bind(&streams)
+            .bind(&versions)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&data)
+            .bind(&metadata)
+            .bind(i32::from(eventline_events::SCHEMA_VERSION))
+            .fetch_all(&mut *self.tx)
+            .await
+        }
+        .await;
+        let inserted: std::collections::HashSet<uuid::Uuid> = match result {
+            Ok(inserted) if inserted.len() == rows => return Ok(Vec::new()),
+            Ok(inserted) => inserted.into_iter().collect(),
+            Err(error) => {
+                self.usable = false;
+                return Err(error.into());
+            }
+        };
+        let mut moved: Vec<StreamId> = appends
+            .iter()
+            .filter(|a| {
+                a.events
+                    .iter()
+                    .any(|e| !inserted.contains(&e.event_id.as_uuid()))
+            })
+            .map(|a| a.stream_id.clone())
+            .collect();
+        moved.sort();
+        moved.dedup();
+        if let Err(error) = sqlx::query("ROLLBACK TO SAVEPOINT append_all")
+            .execute(&mut *self.tx)
+            .await
+        {
+            self.usable = false;
+            return Err(error.into());
+        }
+        Ok(moved)
+    }
+
     /// Appends events after `expected_version` (0 for a new stream), or fails with
     /// [`StoreError::Conflict`] if someone else appended first.
     ///
@@ -384,9 +629,14 @@ impl CommandTx {
         let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
         let data: Vec<serde_json::Value> = events.iter().map(|e| e.data.clone()).collect();
         let metadata = serde_json::to_value(metadata).unwrap_or_default();
-        sqlx::query(
+        // ON CONFLICT DO NOTHING instead of a unique violation: a lost race then leaves the
+        // transaction usable, so a batch re-decides just the losing command instead of rolling
+        // back every command in it. A racing writer's uncommitted row makes this wait for its
+        // commit, so a conflict seen here is a committed one, and a reload sees it.
+        let inserted = sqlx::query(
             "INSERT INTO event_log (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
-             SELECT $1, v, id, t, $5, d, $7 FROM unnest($2::bigint[], $3::uuid[], $4::text[], $6::jsonb[]) AS e(v, id, t, d)",
+             SELECT $1, v, id, t, $5, d, $7 FROM unnest($2::bigint[], $3::uuid[], $4::text[], $6::jsonb[]) AS e(v, id, t, d) \
+             ON CONFLICT (stream_id, stream_version) DO NOTHING",
         )
         .bind(stream_id.as_str())
         .bind(&versions)
@@ -397,8 +647,29 @@ impl CommandTx {
         .bind(&metadata)
         .execute(&mut *self.tx)
         .await
-        .map_err(|e| StoreError::from_append(e, stream_id, expected_version))?;
-        Ok(())
+        .map_err(|e| {
+            self.usable = false;
+            StoreError::from_append(e, stream_id, expected_version)
+        })?
+        .rows_affected();
+        if inserted == events.len() as u64 {
+            return Ok(());
+        }
+        // Some rows went in and some did not (the other writer appended fewer events than
+        // this one): this transaction now holds a torn append and must not commit.
+        if inserted > 0 {
+            self.usable = false;
+        }
+        Err(StoreError::Conflict {
+            stream_id: stream_id.to_string(),
+            expected: expected_version,
+        })
+    }
+
+    /// Whether the transaction can still commit what its handlers did. False after a torn
+    /// append or a failed append statement: roll back.
+    pub fn usable(&self) -> bool {
+        self.usable
     }
 
     /// Rolls back now. Dropping a transaction also rolls back, but only when its connection is
@@ -409,22 +680,53 @@ impl CommandTx {
     }
 
     /// Stores the reply and the dispatched messages with the inbox row and commits everything
-    /// at once.
+    /// at once. For a transaction that claimed one message.
     pub async fn commit(
-        mut self,
+        self,
         reply: &serde_json::Value,
         outputs: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE processed_messages SET reply = $3, outputs = $4 \
-             WHERE consumer = $1 AND message_id = $2",
-        )
-        .bind(&self.consumer)
-        .bind(self.message_id.as_uuid())
-        .bind(reply)
-        .bind(outputs)
-        .execute(&mut *self.tx)
-        .await?;
+        let Some(&message_id) = self.claimed.first() else {
+            self.tx.commit().await?;
+            return Ok(());
+        };
+        self.commit_all(&[(message_id, reply.clone(), outputs.clone())])
+            .await
+    }
+
+    /// Stores each message's reply and dispatched messages with its inbox row, in one
+    /// statement, and commits everything at once.
+    pub async fn commit_all(
+        mut self,
+        outcomes: &[(MessageId, serde_json::Value, serde_json::Value)],
+    ) -> Result<(), StoreError> {
+        if !self.usable {
+            let _ = self.tx.rollback().await;
+            return Err(StoreError::Conflict {
+                stream_id: "(torn append)".into(),
+                expected: 0,
+            });
+        }
+        if !outcomes.is_empty() {
+            let ids: Vec<uuid::Uuid> = outcomes.iter().map(|(id, _, _)| id.as_uuid()).collect();
+            let replies: Vec<&serde_json::Value> = outcomes.iter().map(|(_, r, _)| r).collect();
+            let outputs: Vec<&serde_json::Value> = outcomes.iter().map(|(_, _, o)| o).collect();
+            let updated = sqlx::query(
+                "UPDATE processed_messages p SET reply = o.reply, outputs = o.outputs \
+                 FROM unnest($2::uuid[], $3::jsonb[], $4::jsonb[]) AS o(id, reply, outputs) \
+                 WHERE p.consumer = $1 AND p.message_id = o.id",
+            )
+            .bind(&self.consumer)
+            .bind(&ids)
+            .bind(&replies)
+            .bind(&outputs)
+            .execute(&mut *self.tx)
+            .await;
+            if let Err(error) = updated {
+                let _ = self.tx.rollback().await;
+                return Err(error.into());
+            }
+        }
         self.tx.commit().await?;
         Ok(())
     }

@@ -10,6 +10,15 @@
 //! 3. reply on `reply_to` (after the commit: a reply never announces something uncommitted);
 //! 4. ack. A crash anywhere before the ack means redelivery, which step 2 makes harmless.
 //!
+//! Group commit: for handlers that allow it ([`Handler::BATCH`]), the deliveries the broker
+//! has already sent (up to `MAX_BATCH`) are handled together in step 2 — one transaction,
+//! one inbox statement and one commit for all of them, one batch in the database at a time —
+//! and then each is settled on its own (steps 3 and 4, concurrently, so their publishes are
+//! pipelined, while the next batch runs its transaction). A duplicate in the batch
+//! gets its stored reply; a version conflict re-decides just that command inside the
+//! transaction; any other failure rolls the whole batch back and each message is handled in
+//! a transaction of its own, so one bad message costs its batch a retry, never its outcome.
+//!
 //! Transient failures (database unreachable, serialization failure) are retried in-process
 //! with backoff a few times, then the command is parked in the retry queue, a bounded number
 //! of rounds, and finally dead-lettered with the last error as reason — never requeued forever.
@@ -24,20 +33,20 @@ use eventline_events::{
     DecodeError, IncomingMessage, Metadata, OutgoingMessage, Rejection, Reply, SCHEMA_VERSION,
     Topology,
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use super::backoff::Backoff;
 use super::broker::{self, BrokerError};
 use super::config::Config;
 use super::handler::{Context, Destination, Dispatch, Handled, Handler, HandlerError, Input};
 use super::shutdown::Shutdown;
-use super::store::{Claim, EventStore, StoreError};
+use super::store::{BatchClaim, Claim, EventStore, StoreError};
 use super::token::{self, Principal, TokenError};
 
 /// Immediate re-decides after a version conflict before the command counts as a transient failure.
@@ -46,6 +55,14 @@ const MAX_CONFLICT_RETRIES: u32 = 20;
 const IN_PROCESS_ATTEMPTS: u32 = 3;
 /// Rounds through the retry queue before the command is dead-lettered.
 pub const MAX_RETRY_ROUNDS: i64 = 10;
+/// Most messages one transaction handles. A bigger batch amortizes the commit and the
+/// inbox statement further, but holds its first message's reply back longer.
+const MAX_BATCH: usize = 32;
+/// Batches a worker holds at once, when its handler batches: one in its transaction (the
+/// worker's single database lane), the others settling with the broker. One transaction at
+/// a time means a worker's own batches never race each other for a stream, and deliveries
+/// gather in the prefetch buffer while it commits, so the next batch is bigger.
+const BATCHES_IN_FLIGHT: usize = 3;
 
 /// How handling a message ended, before the ack decision.
 #[derive(Debug)]
@@ -71,6 +88,18 @@ pub struct CommandWorker<H: Handler> {
 
 struct Session {
     publisher: Channel,
+}
+
+/// A delivery and what decoding it found, carried from receipt to settlement.
+struct Received<C> {
+    delivery: Delivery,
+    message: IncomingMessage,
+    metadata: Option<Metadata>,
+    /// `None` when the message does not decode; `outcome` then says why.
+    command: Option<(Metadata, C)>,
+    principal: Result<Principal, TokenError>,
+    span: Span,
+    outcome: Option<Outcome>,
 }
 
 impl<H: Handler> CommandWorker<H> {
@@ -146,17 +175,47 @@ impl<H: Handler> CommandWorker<H> {
         let mut deliveries = futures_util::stream::select_all(consumers);
         info!(queues = ?queues, replica = %self.config.replica, prefetch = self.config.prefetch, "consuming");
 
-        // Deliveries are handled concurrently; the broker's prefetch bounds how many.
+        // Batches are handled concurrently; the broker's prefetch bounds how many deliveries
+        // they hold, and for a batching handler BATCHES_IN_FLIGHT bounds how many batches, so
+        // deliveries that arrive meanwhile make the next batch bigger.
+        let (max_batch, max_in_flight) = if H::BATCH {
+            (MAX_BATCH, BATCHES_IN_FLIGHT)
+        } else {
+            (1, usize::MAX)
+        };
         let mut in_flight = JoinSet::new();
+        // The database lane: a batch is formed only once the previous one has committed.
+        let lane = Arc::new(tokio::sync::Semaphore::new(1));
+        let mut turn: Option<tokio::sync::OwnedSemaphorePermit> = None;
         let result = loop {
             tokio::select! {
                 () = shutdown.triggered() => break Ok(()),
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                next = deliveries.next() => match next {
+                permit = lane.clone().acquire_owned(), if H::BATCH && turn.is_none() => {
+                    turn = permit.ok();
+                }
+                next = deliveries.next(), if in_flight.len() < max_in_flight && (turn.is_some() || !H::BATCH) => match next {
                     Some(Ok(delivery)) => {
+                        // What the broker has already sent joins the batch; nothing waits for more.
+                        let mut batch = vec![delivery];
+                        let mut failed = None;
+                        while batch.len() < max_batch {
+                            match deliveries.next().now_or_never() {
+                                Some(Some(Ok(delivery))) => batch.push(delivery),
+                                Some(Some(Err(error))) => {
+                                    failed = Some(BrokerError::Amqp(error));
+                                    break;
+                                }
+                                Some(None) | None => break,
+                            }
+                        }
                         let this = self.clone();
                         let session = session.clone();
-                        in_flight.spawn(async move { this.process(&session, delivery).await });
+                        let turn = turn.take();
+                        in_flight.spawn(async move { this.process(&session, batch, turn).await });
+                        if let Some(error) = failed {
+                            break Err(error);
+                        }
                     }
                     Some(Err(error)) => break Err(BrokerError::Amqp(error)),
                     None => break Err(BrokerError::ConsumerCancelled(queues.join(", "))),
@@ -180,8 +239,43 @@ impl<H: Handler> CommandWorker<H> {
         result
     }
 
-    async fn process(&self, session: &Session, delivery: Delivery) {
-        let message = broker::incoming(&delivery.properties, delivery.data.clone());
+    /// Handles a batch of deliveries, gives up the database lane (`turn`), then settles each.
+    async fn process(
+        &self,
+        session: &Session,
+        deliveries: Vec<Delivery>,
+        turn: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let mut items: Vec<Received<H::Command>> =
+            deliveries.into_iter().map(|d| self.receive(d)).collect();
+        self.handle_all(&mut items).await;
+        drop(turn);
+        let outcomes: Vec<Outcome> = items
+            .iter_mut()
+            .map(|item| {
+                item.outcome
+                    .take()
+                    .unwrap_or_else(|| Outcome::Transient("the message was not handled".into()))
+            })
+            .collect();
+        // Concurrently: each waits only for its own confirms, so the publishes of the whole
+        // batch are in flight together.
+        futures_util::future::join_all(items.iter().zip(outcomes).map(|(item, outcome)| {
+            self.settle(
+                session,
+                &item.delivery,
+                &item.message,
+                item.metadata.as_ref(),
+                outcome,
+            )
+            .instrument(item.span.clone())
+        }))
+        .await;
+    }
+
+    /// Decodes a delivery and opens its span.
+    fn receive(&self, mut delivery: Delivery) -> Received<H::Command> {
+        let message = broker::incoming(&delivery.properties, std::mem::take(&mut delivery.data));
         let metadata = message.metadata().ok();
         let span = info_span!(
             "message",
@@ -193,13 +287,20 @@ impl<H: Handler> CommandWorker<H> {
             message_type = message.message_type.as_deref().unwrap_or("?"),
             redelivered = delivery.redelivered,
         );
-        async {
-            let outcome = self.handle(&message).await;
-            self.settle(session, &delivery, &message, metadata.as_ref(), outcome)
-                .await;
+        let (command, outcome) = match message.decode::<H::Command>() {
+            Ok(decoded) => (Some(decoded), None),
+            Err(error) => (None, Some(poison(&error))),
+        };
+        let principal = self.principal(&message);
+        Received {
+            delivery,
+            message,
+            metadata,
+            command,
+            principal,
+            span,
+            outcome,
         }
-        .instrument(span)
-        .await
     }
 
     /// The sender's identity, from the token header, checked with the public key.
@@ -218,24 +319,155 @@ impl<H: Handler> CommandWorker<H> {
         token::verify(token, key, time::OffsetDateTime::now_utc().unix_timestamp())
     }
 
-    /// Decodes and handles a message, retrying conflicts at once and transient failures
-    /// with a short backoff.
-    async fn handle(&self, message: &IncomingMessage) -> Outcome {
-        let (metadata, command) = match message.decode::<H::Command>() {
-            Ok(decoded) => decoded,
-            Err(error) => return poison(&error),
+    /// Gives every decoded message of a batch its outcome: all in one transaction when there
+    /// are several, and one transaction each for what that could not settle.
+    async fn handle_all(&self, items: &mut [Received<H::Command>]) {
+        let pending: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].command.is_some())
+            .collect();
+        if pending.len() > 1 {
+            // A message id twice in one batch (a sender's retry) cannot share the transaction:
+            // the second is handled after the first commits, and gets its stored reply.
+            let mut seen = std::collections::HashSet::new();
+            let mut together: Vec<usize> = pending
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let id = items[i].command.as_ref().map(|(m, _)| m.message_id);
+                    seen.insert(id)
+                })
+                .collect();
+            if together.len() > 1 {
+                together.sort_by_cached_key(|&i| {
+                    let item = &items[i];
+                    item.command.as_ref().and_then(|(metadata, command)| {
+                        let ctx = Context {
+                            metadata,
+                            principal: &item.principal,
+                            config: &self.config,
+                        };
+                        self.handler.stream_hint(command, &ctx)
+                    })
+                });
+                match self.handle_together(items, &together).await {
+                    Ok(outcomes) => {
+                        for (i, outcome) in outcomes {
+                            items[i].outcome = Some(outcome);
+                        }
+                    }
+                    Err(error) => {
+                        debug!(%error, size = together.len(), "batch rolled back; handling its messages one by one");
+                    }
+                }
+            }
+        }
+        for item in items.iter_mut() {
+            if item.outcome.is_some() {
+                continue;
+            }
+            let Some((metadata, command)) = &item.command else {
+                continue;
+            };
+            let ctx = Context {
+                metadata,
+                principal: &item.principal,
+                config: &self.config,
+            };
+            let outcome = self
+                .handle(&ctx, command)
+                .instrument(item.span.clone())
+                .await;
+            item.outcome = Some(outcome);
+        }
+    }
+
+    /// One transaction for the messages at `order` (distinct ids, in stream order): claim
+    /// them all, hand the new ones to [`Handler::handle_batch`], store every reply, commit.
+    /// On any failure everything is rolled back and the error returned; the caller then
+    /// handles each message in a transaction of its own.
+    async fn handle_together(
+        &self,
+        items: &[Received<H::Command>],
+        order: &[usize],
+    ) -> Result<Vec<(usize, Outcome)>, HandlerError> {
+        let decoded: Vec<(usize, &Received<H::Command>)> = order
+            .iter()
+            .filter(|&&i| items[i].command.is_some())
+            .map(|&i| (i, &items[i]))
+            .collect();
+        let metadatas: Vec<&Metadata> = decoded
+            .iter()
+            .filter_map(|(_, item)| item.command.as_ref().map(|(m, _)| m))
+            .collect();
+        let (mut tx, claims) = self
+            .store
+            .begin_batch(&Self::inbox_name(), &metadatas, &self.config.replica)
+            .await?;
+        let mut outcomes = Vec::with_capacity(decoded.len());
+        let mut new = Vec::with_capacity(decoded.len());
+        for ((i, item), claim) in decoded.into_iter().zip(claims) {
+            match claim {
+                BatchClaim::Duplicate { reply, outputs } => {
+                    item.span.in_scope(|| {
+                        debug!("duplicate delivery; re-sending the stored outcome");
+                    });
+                    outcomes.push((i, duplicate(reply, outputs)));
+                }
+                BatchClaim::New => {
+                    if let Some((metadata, command)) = &item.command {
+                        let ctx = Context {
+                            metadata,
+                            principal: &item.principal,
+                            config: &self.config,
+                        };
+                        new.push((i, (ctx, command)));
+                    }
+                }
+            }
+        }
+        if new.is_empty() {
+            tx.rollback().await?;
+            return Ok(outcomes);
+        }
+        let (indexes, batch): (Vec<usize>, Vec<(Context<'_>, &H::Command)>) =
+            new.into_iter().unzip();
+        let span = info_span!("batch", service = %H::SERVICE, size = batch.len());
+        let handled = match self
+            .handler
+            .handle_batch(&mut tx, &batch)
+            .instrument(span)
+            .await
+        {
+            Ok(handled) if handled.len() == batch.len() && tx.usable() => handled,
+            Ok(_) => {
+                let _ = tx.rollback().await;
+                return Err(HandlerError::Transient(
+                    "the batch handler did not settle every message".into(),
+                ));
+            }
+            Err(error) => {
+                let _ = tx.rollback().await;
+                return Err(error);
+            }
         };
-        let principal = self.principal(message);
-        let ctx = Context {
-            metadata: &metadata,
-            principal: &principal,
-            config: &self.config,
-        };
+        let mut stored = Vec::with_capacity(handled.len());
+        for ((i, (ctx, _)), handled) in indexes.into_iter().zip(&batch).zip(handled) {
+            let (outcome, reply, outputs) = to_stored(handled);
+            stored.push((ctx.metadata.message_id, reply, outputs));
+            outcomes.push((i, outcome));
+        }
+        tx.commit_all(&stored).await?;
+        Ok(outcomes)
+    }
+
+    /// Handles one message in transactions of its own, retrying conflicts at once and
+    /// transient failures with a short backoff.
+    async fn handle(&self, ctx: &Context<'_>, command: &H::Command) -> Outcome {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.handle_once(&ctx, &command).await {
+            match self.handle_once(ctx, command).await {
                 Ok(outcome) => return outcome,
                 Err(HandlerError::Store(StoreError::Corrupt(reason))) => {
                     return Outcome::Poison {
@@ -269,16 +501,7 @@ impl<H: Handler> CommandWorker<H> {
                 Claim::New(tx) => tx,
                 Claim::Duplicate { reply, outputs } => {
                     debug!("duplicate delivery; re-sending the stored outcome");
-                    let reply = reply
-                        .and_then(|r| serde_json::from_value(r).ok())
-                        .unwrap_or_else(|| Reply::Rejected {
-                            reason: Rejection::new(
-                                "duplicate",
-                                "this message id was already handled; its outcome was not stored",
-                            ),
-                        });
-                    let dispatch = serde_json::from_value(outputs).unwrap_or_default();
-                    return Ok(Outcome::Handled { reply, dispatch });
+                    return Ok(duplicate(reply, outputs));
                 }
             };
             let handled = match self.handler.handle(&mut tx, ctx, command).await {
@@ -299,16 +522,9 @@ impl<H: Handler> CommandWorker<H> {
                     }
                 }
             };
-            let Handled {
-                reply,
-                stored_reply,
-                dispatch,
-            } = handled;
-            let stored =
-                serde_json::to_value(stored_reply.as_ref().unwrap_or(&reply)).unwrap_or_default();
-            let outputs = serde_json::to_value(&dispatch).unwrap_or_default();
+            let (outcome, stored, outputs) = to_stored(handled);
             tx.commit(&stored, &outputs).await?;
-            return Ok(Outcome::Handled { reply, dispatch });
+            return Ok(outcome);
         }
     }
 
@@ -340,7 +556,9 @@ impl<H: Handler> CommandWorker<H> {
                 warn!(code, %reason, "poison message; dead-lettering");
                 // Dead-letter first: if that fails the message is redelivered, and the
                 // sender must not have had a reply yet.
-                let parked = self.dead_letter(session, delivery, code, &reason).await;
+                let parked = self
+                    .dead_letter(session, delivery, message, code, &reason)
+                    .await;
                 if parked.is_ok() {
                     self.reply(
                         session,
@@ -373,13 +591,14 @@ impl<H: Handler> CommandWorker<H> {
                 let rounds = retry_count(message);
                 if rounds < MAX_RETRY_ROUNDS {
                     warn!(%error, round = rounds + 1, "transient failure; parking in the retry queue");
-                    self.park_for_retry(session, delivery, rounds + 1).await
+                    self.park_for_retry(session, delivery, message, rounds + 1)
+                        .await
                 } else {
                     let reason = format!(
                         "gave up after {MAX_RETRY_ROUNDS} retry rounds; last error: {error}"
                     );
                     error!(%reason, "dead-lettering");
-                    self.dead_letter(session, delivery, "retries_exhausted", &reason)
+                    self.dead_letter(session, delivery, message, "retries_exhausted", &reason)
                         .await
                 }
             }
@@ -478,6 +697,7 @@ impl<H: Handler> CommandWorker<H> {
         &self,
         session: &Session,
         delivery: &Delivery,
+        message: &IncomingMessage,
         code: &str,
         reason: &str,
     ) -> Result<(), BrokerError> {
@@ -502,7 +722,7 @@ impl<H: Handler> CommandWorker<H> {
             &session.publisher,
             &self.topology.dead_letter_exchange(),
             self.topology.command_routing_key(H::SERVICE),
-            &redact_secrets(&delivery.data),
+            &redact_secrets(&message.body),
             properties.with_headers(table),
         )
         .await
@@ -512,6 +732,7 @@ impl<H: Handler> CommandWorker<H> {
         &self,
         session: &Session,
         delivery: &Delivery,
+        message: &IncomingMessage,
         round: i64,
     ) -> Result<(), BrokerError> {
         let mut properties = with_headers(&delivery.properties, &[]);
@@ -525,11 +746,37 @@ impl<H: Handler> CommandWorker<H> {
             &session.publisher,
             "",
             &self.topology.retry_queue(H::SERVICE),
-            &delivery.data,
+            &message.body,
             properties,
         )
         .await
     }
+}
+
+/// What a duplicate delivery gets: the stored reply and the same dispatches again.
+fn duplicate(reply: Option<serde_json::Value>, outputs: serde_json::Value) -> Outcome {
+    let reply = reply
+        .and_then(|r| serde_json::from_value(r).ok())
+        .unwrap_or_else(|| Reply::Rejected {
+            reason: Rejection::new(
+                "duplicate",
+                "this message id was already handled; its outcome was not stored",
+            ),
+        });
+    let dispatch = serde_json::from_value(outputs).unwrap_or_default();
+    Outcome::Handled { reply, dispatch }
+}
+
+/// A handler's result as an outcome, plus the reply and dispatches to store with its inbox row.
+fn to_stored(handled: Handled) -> (Outcome, serde_json::Value, serde_json::Value) {
+    let Handled {
+        reply,
+        stored_reply,
+        dispatch,
+    } = handled;
+    let stored = serde_json::to_value(stored_reply.as_ref().unwrap_or(&reply)).unwrap_or_default();
+    let outputs = serde_json::to_value(&dispatch).unwrap_or_default();
+    (Outcome::Handled { reply, dispatch }, stored, outputs)
 }
 
 fn poison(error: &DecodeError) -> Outcome {

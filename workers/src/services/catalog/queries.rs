@@ -14,6 +14,8 @@ impl Handler for CatalogQueries {
     type Command = CatalogQuery;
     const SERVICE: Service = Service::Catalog;
     const INPUT: Input = Input::Queries;
+    // Read-only: nothing to conflict on.
+    const BATCH: bool = true;
 
     async fn handle(
         &self,

@@ -29,6 +29,8 @@ impl Handler for OrdersQueries {
     type Command = OrdersQuery;
     const SERVICE: Service = Service::Orders;
     const INPUT: Input = Input::Queries;
+    // Read-only: nothing to conflict on.
+    const BATCH: bool = true;
 
     async fn handle(
         &self,
