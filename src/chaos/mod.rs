@@ -264,6 +264,15 @@ pub async fn run_scenario(
     supervisor.stop_all(Duration::from_secs(10)).await;
     if let Ok(connection) = broker::connect(&base.amqp_url, "chaos cleanup").await {
         let _ = broker::delete_namespace(&connection, &system.topology).await;
+        // The audit's tap queue, if the run ended before the audit removed it.
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(
+                    system.topology.tap_queue("audit").as_str().into(),
+                    Default::default(),
+                )
+                .await;
+        }
         let _ = connection.close(200, "cleaned".into()).await;
     }
     store.pool().close().await;
