@@ -149,6 +149,11 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
     )
     .await;
     supervisor.stop_all(Duration::from_secs(15)).await;
+    // The namespace was this run's alone: leave no queues behind (quorum queues cost the
+    // broker even when idle). The database stays, for exploring.
+    if let Err(error) = reset_broker(&base.amqp_url, &topology).await {
+        eprintln!("could not remove the demo's namespace {namespace}: {error:#}");
+    }
     result?;
     println!(
         "\nfinished in {:.1}s; worker logs in {}\nexplore the log: DATABASE_URL={database_url} eventline trace <order id>",
