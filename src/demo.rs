@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use eventline_events::auth::{Claims, Role, UserId};
+use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand, Restock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{Metadata, Namespace, OutgoingMessage, Reply, Service, Topology};
@@ -234,7 +234,7 @@ async fn exercise(
     options: &DemoOptions,
     signing: &ed25519_dalek::SigningKey,
 ) -> anyhow::Result<()> {
-    let admin_token = mint(signing, Role::Admin);
+    let admin_token = token::mint(signing, Role::Admin, 3600);
     let admin = Client::connect(&base.amqp_url, namespace.clone())
         .await?
         .with_token(admin_token);
@@ -524,19 +524,6 @@ fn record(
     Ok(())
 }
 
-fn mint(signing: &ed25519_dalek::SigningKey, role: Role) -> String {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    token::sign(
-        &Claims {
-            sub: UserId::new(),
-            role,
-            iat: now,
-            exp: now + 3600,
-        },
-        signing,
-    )
-}
-
 fn cents(minor: i64) -> String {
     format!("{}.{:02}", minor / 100, minor % 100)
 }
@@ -569,8 +556,9 @@ async fn settle(store: &EventStore) -> anyhow::Result<()> {
     }
 }
 
-/// A tiny seeded generator (SplitMix64) so two demo runs with one seed choose alike.
-fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
+/// A tiny seeded generator (SplitMix64) so two runs with one seed choose alike (the demo's
+/// orders, the chaos run's victims).
+pub(crate) fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
     let mut state = seed;
     move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -94,24 +94,16 @@ impl System {
         // Token keys for this run: the operator's admin token adds the products; the load's
         // reservations need none.
         let signing = eventline_workers::runtime::token::generate_signing_key();
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let admin_token = eventline_workers::runtime::token::sign(
-            &eventline_events::auth::Claims {
-                sub: eventline_events::auth::UserId::new(),
-                role: eventline_events::auth::Role::Admin,
-                iat: now,
-                exp: now + 24 * 3600,
-            },
+        let day = 24 * 3600;
+        let admin_token = eventline_workers::runtime::token::mint(
             &signing,
+            eventline_events::auth::Role::Admin,
+            day,
         );
-        let customer_token = eventline_workers::runtime::token::sign(
-            &eventline_events::auth::Claims {
-                sub: eventline_events::auth::UserId::new(),
-                role: eventline_events::auth::Role::Customer,
-                iat: now,
-                exp: now + 24 * 3600,
-            },
+        let customer_token = eventline_workers::runtime::token::mint(
             &signing,
+            eventline_events::auth::Role::Customer,
+            day,
         );
         let supervisor = Supervisor::new(
             eventline,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use eventline_events::Topology;
-use eventline_events::auth::{Claims, Role, UserId};
+use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand, Restock};
 use eventline_events::orders::OrdersCommand;
 use eventline_events::values::{Money, ProductId, ProductName, Quantity, StockLevel};
@@ -218,11 +218,15 @@ pub async fn run_scenario(
         vec![
             (
                 "AMQP_URL".into(),
-                through(&base.amqp_url, amqp.address()).expose().to_owned(),
+                base.amqp_url
+                    .with_address(amqp.address())
+                    .expose()
+                    .to_owned(),
             ),
             (
                 "DATABASE_URL".into(),
-                through(&database_url, postgres.address())
+                database_url
+                    .with_address(postgres.address())
                     .expose()
                     .to_owned(),
             ),
@@ -525,7 +529,7 @@ impl System<'_> {
         let mut longest = Duration::ZERO;
         let mut seen: Vec<String> = Vec::new();
         let mut injected = 0;
-        let mut rng = fastrand_like(names.len() as u64 + self.options.orders as u64);
+        let mut rng = crate::demo::fastrand_like(names.len() as u64 + self.options.orders as u64);
         // Let the load start first.
         tokio::time::sleep(Duration::from_millis(300)).await;
         for _ in 0..self.options.faults {
@@ -611,7 +615,7 @@ impl Connections {
         Self {
             url: system.base.amqp_url.clone(),
             namespace: system.namespace.clone(),
-            token: mint(&system.signing, role),
+            token: token::mint(&system.signing, role, 3600),
             current: Mutex::new(None),
         }
     }
@@ -698,7 +702,9 @@ impl Connections {
 /// Where a URL points, resolved (`default_port` when it names none). Chaos acts only on this
 /// machine: anything but a loopback address is refused.
 fn upstream(url: &SecretUrl, default_port: u16) -> anyhow::Result<SocketAddr> {
-    let (host, port) = host_port(url.expose()).with_context(|| format!("no host in {url}"))?;
+    let (host, port) = url
+        .host_port()
+        .with_context(|| format!("no host in {url}"))?;
     let port = port.unwrap_or(default_port);
     let address = (host.as_str(), port)
         .to_socket_addrs()
@@ -712,91 +718,4 @@ fn upstream(url: &SecretUrl, default_port: u16) -> anyhow::Result<SocketAddr> {
         );
     }
     Ok(address)
-}
-
-/// The same URL, pointed at `address` instead.
-fn through(url: &SecretUrl, address: SocketAddr) -> SecretUrl {
-    let raw = url.expose();
-    let start = raw.find("://").map_or(0, |i| i + 3);
-    let end = raw[start..]
-        .find(['/', '?'])
-        .map_or(raw.len(), |i| start + i);
-    let authority = &raw[start..end];
-    let userinfo = authority.rfind('@').map_or("", |at| &authority[..=at]);
-    SecretUrl::new(format!(
-        "{}{userinfo}{address}{}",
-        &raw[..start],
-        &raw[end..]
-    ))
-}
-
-fn host_port(raw: &str) -> Option<(String, Option<u16>)> {
-    let start = raw.find("://")? + 3;
-    let end = raw[start..]
-        .find(['/', '?'])
-        .map_or(raw.len(), |i| start + i);
-    let authority = &raw[start..end];
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host_port.is_empty() {
-        return None;
-    }
-    match host_port.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || host_port.starts_with('[') => {
-            Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()))
-        }
-        _ => Some((host_port.trim_matches(['[', ']']).to_owned(), None)),
-    }
-}
-
-fn mint(signing: &ed25519_dalek::SigningKey, role: Role) -> String {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    token::sign(
-        &Claims {
-            sub: UserId::new(),
-            role,
-            iat: now,
-            exp: now + 3600,
-        },
-        signing,
-    )
-}
-
-/// SplitMix64: repeatable choices of which replica dies.
-fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
-    let mut state = seed;
-    move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_pointed_through_the_proxy_keeping_credentials_and_path() {
-        let proxy: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let amqp = SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert_eq!(
-            through(&amqp, proxy).expose(),
-            "amqp://guest:guest@127.0.0.1:4000/%2f"
-        );
-        let pg = SecretUrl::new("postgres://root@localhost/db?sslmode=disable");
-        assert_eq!(
-            through(&pg, proxy).expose(),
-            "postgres://root@127.0.0.1:4000/db?sslmode=disable"
-        );
-        assert_eq!(
-            host_port("postgres://root@localhost/db"),
-            Some(("localhost".into(), None))
-        );
-        assert_eq!(
-            host_port("amqp://u:p@10.0.0.1:5673/%2f"),
-            Some(("10.0.0.1".into(), Some(5673)))
-        );
-    }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use eventline::Client;
 use eventline::supervisor::Supervisor;
-use eventline_events::auth::{Claims, Role, UserId};
+use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand, ReserveStock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{Namespace, Reply, Service, Topology};
@@ -431,14 +431,7 @@ async fn cleanup(amqp_url: &SecretUrl, topology: &Topology, database_url: &Secre
 
 /// Signs a token for a new user with `role`, valid for `lifetime` (negative: already expired).
 pub fn mint(signing: &ed25519_dalek::SigningKey, role: Role, lifetime: Duration) -> String {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let claims = Claims {
-        sub: UserId::new(),
-        role,
-        iat: now,
-        exp: now + lifetime.as_secs() as i64,
-    };
-    token::sign(&claims, signing)
+    token::mint(signing, role, lifetime.as_secs() as i64)
 }
 
 pub fn product(id: &str) -> ProductId {

@@ -53,18 +53,58 @@ impl SecretUrl {
     /// login a URL names (`eventline migrate` with EVENTLINE_WORKER_DATABASE_URL); never log
     /// the password.
     pub fn credentials(&self) -> Option<(String, Option<String>)> {
-        let url = &self.0;
-        let start = url.find("://")? + 3;
-        let end = url[start..]
-            .find(['/', '?'])
-            .map_or(url.len(), |i| start + i);
-        let (userinfo, _host) = url[start..end].rsplit_once('@')?;
+        let (userinfo, _host) = self.authority().rsplit_once('@')?;
         let (user, password) = match userinfo.split_once(':') {
             Some((user, password)) => (user, Some(percent_decode(password))),
             None => (userinfo, None),
         };
         let user = percent_decode(user);
         (!user.is_empty()).then_some((user, password))
+    }
+
+    /// The host and, if the URL names one, the port it points at.
+    pub fn host_port(&self) -> Option<(String, Option<u16>)> {
+        let host_port = self
+            .authority()
+            .rsplit_once('@')
+            .map_or(self.authority(), |(_, h)| h);
+        if host_port.is_empty() {
+            return None;
+        }
+        match host_port.rsplit_once(':') {
+            // An IPv6 literal's colons are inside the brackets.
+            Some((host, port)) if !host.ends_with(']') || host_port.starts_with('[') => {
+                Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()))
+            }
+            _ => Some((host_port.trim_matches(['[', ']']).to_owned(), None)),
+        }
+    }
+
+    /// The same URL (credentials, path, query) pointed at `address` instead: how the chaos
+    /// runner routes a worker through its proxy.
+    pub fn with_address(&self, address: std::net::SocketAddr) -> Self {
+        let raw = &self.0;
+        let start = raw.find("://").map_or(0, |i| i + 3);
+        let end = start + self.authority().len();
+        let userinfo = self
+            .authority()
+            .rfind('@')
+            .map_or("", |at| &self.authority()[..=at]);
+        Self(format!(
+            "{}{userinfo}{address}{}",
+            &raw[..start],
+            &raw[end..]
+        ))
+    }
+
+    /// `user:password@host:port`, between the scheme and the path or query.
+    fn authority(&self) -> &str {
+        let raw = &self.0;
+        let start = raw.find("://").map_or(0, |i| i + 3);
+        let end = raw[start..]
+            .find(['/', '?'])
+            .map_or(raw.len(), |i| start + i);
+        &raw[start..end]
     }
 
     fn redacted(&self) -> String {
@@ -355,6 +395,29 @@ mod tests {
             Some(("root".to_owned(), None))
         );
         assert_eq!(SecretUrl::new("postgres://h/db").credentials(), None);
+    }
+
+    #[test]
+    fn urls_are_pointed_elsewhere_keeping_credentials_and_path() {
+        let proxy: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let amqp = SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(
+            amqp.with_address(proxy).expose(),
+            "amqp://guest:guest@127.0.0.1:4000/%2f"
+        );
+        let pg = SecretUrl::new("postgres://root@localhost/db?sslmode=disable");
+        assert_eq!(
+            pg.with_address(proxy).expose(),
+            "postgres://root@127.0.0.1:4000/db?sslmode=disable"
+        );
+        assert_eq!(
+            SecretUrl::new("postgres://root@localhost/db").host_port(),
+            Some(("localhost".into(), None))
+        );
+        assert_eq!(
+            SecretUrl::new("amqp://u:p@10.0.0.1:5673/%2f").host_port(),
+            Some(("10.0.0.1".into(), Some(5673)))
+        );
     }
 
     #[test]
