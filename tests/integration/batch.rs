@@ -258,3 +258,39 @@ async fn a_batch_settles_a_duplicate_poison_and_a_lost_race_each_as_if_alone() {
     );
     system.stop().await;
 }
+
+/// A worker remembers the states it decided on, and still sees what another writer appended
+/// after them: with a stale state it would sell stock that is gone.
+#[tokio::test]
+async fn a_remembered_state_still_sees_what_other_writers_appended() {
+    let system = TestSystem::with_catalog(1).await;
+    assert!(system.add_product("d", 2).await.is_accepted());
+    // The worker decides on "d" at version 2 and remembers it: 1 left.
+    assert!(system.reserve("d", OrderId::new(), 1).await.is_accepted());
+    // Another replica takes the last one, behind this worker's back.
+    open_append(
+        &system,
+        "d",
+        2,
+        CatalogEvent::from(StockReserved {
+            product_id: product("d"),
+            order_id: OrderId::new(),
+            quantity: Quantity::parse(1).unwrap(),
+            unit_price: Money::parse(250).unwrap(),
+        }),
+    )
+    .await
+    .commit(&serde_json::json!(null), &serde_json::json!([]))
+    .await
+    .unwrap();
+
+    match system.reserve("d", OrderId::new(), 1).await {
+        Reply::Rejected { reason } => assert_eq!(reason.code, "insufficient_stock"),
+        other => panic!("sold stock that another writer had taken: {other:?}"),
+    }
+    assert_eq!(
+        system.stream_versions("catalog.product-d").await,
+        vec![1, 2, 3]
+    );
+    system.stop().await;
+}

@@ -5,6 +5,7 @@
 //! does the rest: load, decide, append with the expected version, reply.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use eventline_events::reply::ReplyEvent;
 use eventline_events::values::StreamId;
@@ -13,10 +14,12 @@ use eventline_events::{Contract, EventId, Rejection, Reply, Service};
 use std::collections::HashMap;
 
 use super::handler::{BATCH_CONFLICT_RETRIES, Context, Dispatch, Handled, Handler, HandlerError};
+use super::state_cache::StateCache;
 use super::store::{Append, CommandTx, EventMetadata, NewEvent, StoreError};
 
-/// A stream's state, folded from its events.
-pub trait State: Default + Send + Sync + 'static {
+/// A stream's state, folded from its events. `Clone` because a worker keeps the states it
+/// decided on lately and hands out copies (see [`super::state_cache`]).
+pub trait State: Clone + Default + Send + Sync + 'static {
     type Event: Contract + Send + Sync + 'static;
 
     /// The state after `event`. Never fails: events are facts that already happened.
@@ -56,12 +59,39 @@ pub trait RejectionReason: std::error::Error + Send + Sync + 'static {
     fn code(&self) -> &'static str;
 }
 
-/// Runs an [`Aggregate`] as a [`Handler`].
-pub struct AggregateHandler<A>(PhantomData<fn() -> A>);
+/// Streams whose state a worker remembers, per generation (see [`StateCache`]): enough for
+/// every product of a big catalog or the orders in flight, a few MiB at most.
+const CACHED_STREAMS: usize = 8192;
 
-impl<A> Default for AggregateHandler<A> {
+/// Runs an [`Aggregate`] as a [`Handler`].
+pub struct AggregateHandler<A> {
+    /// States as of committed versions: a command reads only the events after them.
+    cache: Arc<StateCache<A>>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: State> Default for AggregateHandler<A> {
     fn default() -> Self {
-        Self(PhantomData)
+        Self {
+            cache: Arc::new(StateCache::new(CACHED_STREAMS)),
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: State> AggregateHandler<A> {
+    /// The stream's state and version: the cached state brought up to date with the events
+    /// after it (all of them when nothing is cached), read in `tx`.
+    async fn load(&self, tx: &mut CommandTx, stream_id: &StreamId) -> Result<(A, i64), StoreError> {
+        let (state, version) = self.cache.get(stream_id).unwrap_or_default();
+        let events = tx.load_stream_after(stream_id, version).await?;
+        fold_onto(stream_id, state, version, events)
+    }
+
+    /// Caches `state` at `version` once `tx` has committed it.
+    fn remember(&self, tx: &mut CommandTx, stream_id: StreamId, state: A, version: i64) {
+        let cache = self.cache.clone();
+        tx.after_commit(move || cache.put(stream_id, state, version));
     }
 }
 
@@ -70,15 +100,16 @@ pub async fn load<S: State>(
     tx: &mut CommandTx,
     stream_id: &StreamId,
 ) -> Result<(S, i64), StoreError> {
-    fold(stream_id, tx.load_stream(stream_id).await?)
+    fold_onto(stream_id, S::default(), 0, tx.load_stream(stream_id).await?)
 }
 
-fn fold<S: State>(
+/// `state` (as of `version`) with `events` (the ones after `version`) applied.
+fn fold_onto<S: State>(
     stream_id: &StreamId,
+    mut state: S,
+    mut version: i64,
     events: Vec<(i64, String, serde_json::Value)>,
 ) -> Result<(S, i64), StoreError> {
-    let mut state = S::default();
-    let mut version = 0;
     for (event_version, event_type, data) in events {
         let event = S::Event::from_json(&event_type, data).map_err(|e| {
             StoreError::Corrupt(format!("{stream_id} version {event_version}: {e}"))
@@ -116,9 +147,10 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
         command: &A::Command,
     ) -> Result<Handled, HandlerError> {
         let stream_id = A::stream_id(command, ctx);
-        let (mut state, version) = load::<A>(tx, &stream_id).await?;
+        let (mut state, version) = self.load(tx, &stream_id).await?;
         let events = match state.decide(command, ctx) {
             Err(rejection) => {
+                self.remember(tx, stream_id, state, version);
                 return Ok(Handled::reply(Reply::Rejected {
                     reason: Rejection::new(rejection.code(), rejection.to_string()),
                 }));
@@ -138,6 +170,7 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
             state.apply(event);
             dispatch.extend(state.dispatch(event, ctx));
         }
+        self.remember(tx, stream_id.clone(), state, version + events.len() as i64);
         let reply = accepted(stream_id, version, new_events, None);
         Ok(Handled {
             reply,
@@ -172,11 +205,16 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
             let mut wanted: Vec<&StreamId> = pending.iter().map(|&i| &streams[i]).collect();
             wanted.sort();
             wanted.dedup();
-            let mut loaded = tx.load_streams(&wanted).await?;
-            let mut states: HashMap<&StreamId, (A, i64)> = HashMap::with_capacity(wanted.len());
-            for stream_id in wanted {
+            let cached: Vec<(&StreamId, (A, i64))> = wanted
+                .into_iter()
+                .map(|s| (s, self.cache.get(s).unwrap_or_default()))
+                .collect();
+            let after: Vec<(&StreamId, i64)> = cached.iter().map(|(s, (_, v))| (*s, *v)).collect();
+            let mut loaded = tx.load_streams_after(&after).await?;
+            let mut states: HashMap<&StreamId, (A, i64)> = HashMap::with_capacity(cached.len());
+            for (stream_id, (state, version)) in cached {
                 let events = loaded.remove(stream_id).unwrap_or_default();
-                states.insert(stream_id, fold::<A>(stream_id, events)?);
+                states.insert(stream_id, fold_onto(stream_id, state, version, events)?);
             }
             let mut decided = Vec::new();
             for &i in &pending {
@@ -232,6 +270,9 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
                     "version conflict in a batch; deciding again"
                 );
                 continue;
+            }
+            for (stream_id, (state, version)) in states {
+                self.remember(tx, stream_id.clone(), state, version);
             }
             for d in decided {
                 results[d.index] = Some(Handled {

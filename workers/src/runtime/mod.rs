@@ -14,6 +14,7 @@ pub mod log_reader;
 pub mod projection;
 pub mod relay;
 pub mod shutdown;
+pub mod state_cache;
 pub mod store;
 pub mod token;
 pub mod worker;

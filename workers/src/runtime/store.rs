@@ -272,6 +272,7 @@ impl EventStore {
                 consumer: consumer.to_owned(),
                 claimed: new,
                 usable: true,
+                after_commit: Vec::new(),
             },
             claims,
         ))
@@ -463,6 +464,8 @@ pub struct CommandTx {
     /// False once a statement left the transaction unable to commit what its handlers meant
     /// (a torn append); the caller must roll back.
     usable: bool,
+    /// Run once the commit succeeded, never otherwise (see [`CommandTx::after_commit`]).
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl CommandTx {
@@ -476,11 +479,21 @@ impl CommandTx {
         &mut self,
         stream_id: &StreamId,
     ) -> Result<Vec<(i64, String, serde_json::Value)>, StoreError> {
+        self.load_stream_after(stream_id, 0).await
+    }
+
+    /// The events of a stream after `version`, in version order.
+    pub async fn load_stream_after(
+        &mut self,
+        stream_id: &StreamId,
+        version: i64,
+    ) -> Result<Vec<(i64, String, serde_json::Value)>, StoreError> {
         let rows = sqlx::query(
             "SELECT stream_version, event_type, data FROM event_log \
-             WHERE stream_id = $1 ORDER BY stream_version",
+             WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version",
         )
         .bind(stream_id.as_str())
+        .bind(version)
         .fetch_all(&mut *self.tx)
         .await?;
         rows.into_iter()
@@ -494,28 +507,40 @@ impl CommandTx {
             .collect()
     }
 
-    /// Every event of each of `stream_ids`, in version order, in one statement: what
-    /// [`CommandTx::load_stream`] returns, per stream (absent streams are absent).
-    pub async fn load_streams(
+    /// The events after the given version of each stream, in version order, in one
+    /// statement: for each `(stream, version)`, what [`CommandTx::load_stream`] returns past
+    /// `version` (streams with nothing new are absent).
+    pub async fn load_streams_after(
         &mut self,
-        stream_ids: &[&StreamId],
+        streams: &[(&StreamId, i64)],
     ) -> Result<HashMap<StreamId, Vec<(i64, String, serde_json::Value)>>, StoreError> {
-        let ids: Vec<&str> = stream_ids.iter().map(|s| s.as_str()).collect();
+        let ids: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
+        let after: Vec<i64> = streams.iter().map(|(_, v)| *v).collect();
         let rows: Vec<(String, i64, String, serde_json::Value)> = sqlx::query_as(
-            "SELECT stream_id, stream_version, event_type, data FROM event_log \
-             WHERE stream_id = ANY($1) ORDER BY stream_id, stream_version",
+            // LATERAL: one index range scan per stream, never a join over the whole log;
+            // planned anew each time for the same reason as the inbox update in
+            // `commit_all` (a generic plan made while the log was small would stay).
+            "SELECT e.stream_id, e.stream_version, e.event_type, e.data \
+             FROM unnest($1::text[], $2::bigint[]) AS w(stream_id, after) \
+             CROSS JOIN LATERAL ( \
+                 SELECT stream_id, stream_version, event_type, data FROM event_log \
+                 WHERE stream_id = w.stream_id AND stream_version > w.after \
+                 ORDER BY stream_version) e \
+             ORDER BY e.stream_id, e.stream_version",
         )
         .bind(&ids)
+        .bind(&after)
+        .persistent(false)
         .fetch_all(&mut *self.tx)
         .await?;
-        let mut streams: HashMap<StreamId, Vec<(i64, String, serde_json::Value)>> = HashMap::new();
+        let mut loaded: HashMap<StreamId, Vec<(i64, String, serde_json::Value)>> = HashMap::new();
         for (stream_id, version, event_type, data) in rows {
-            streams
+            loaded
                 .entry(StreamId::from_log(stream_id))
                 .or_default()
                 .push((version, event_type, data));
         }
-        Ok(streams)
+        Ok(loaded)
     }
 
     /// Several appends (to one or more streams) in one statement, all or nothing. Returns
@@ -666,6 +691,12 @@ impl CommandTx {
         })
     }
 
+    /// Runs `f` once this transaction has committed; never when it rolls back or its commit
+    /// fails. For what may only learn of committed state (a handler's state cache).
+    pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(f));
+    }
+
     /// Whether the transaction can still commit what its handlers did. False after a torn
     /// append or a failed append statement: roll back.
     pub fn usable(&self) -> bool {
@@ -711,11 +742,18 @@ impl CommandTx {
             let ids: Vec<uuid::Uuid> = outcomes.iter().map(|(id, _, _)| id.as_uuid()).collect();
             let replies: Vec<&serde_json::Value> = outcomes.iter().map(|(_, r, _)| r).collect();
             let outputs: Vec<&serde_json::Value> = outcomes.iter().map(|(_, _, o)| o).collect();
+            // Planned anew each time (not a prepared statement): a cached generic plan is
+            // chosen while the inbox is young and small, and its scan of the whole table then
+            // stays for the connection's life, costing more with every message (it did:
+            // 2,000 pages and 8 ms a batch after a minute of load). Planned with the real
+            // array and the table's real size, this is a primary-key lookup per message.
             let updated = sqlx::query(
-                "UPDATE processed_messages p SET reply = o.reply, outputs = o.outputs \
-                 FROM unnest($2::uuid[], $3::jsonb[], $4::jsonb[]) AS o(id, reply, outputs) \
-                 WHERE p.consumer = $1 AND p.message_id = o.id",
+                "UPDATE processed_messages \
+                 SET reply = ($3::jsonb[])[array_position($2::uuid[], message_id)], \
+                     outputs = ($4::jsonb[])[array_position($2::uuid[], message_id)] \
+                 WHERE consumer = $1 AND message_id = ANY($2::uuid[])",
             )
+            .persistent(false)
             .bind(&self.consumer)
             .bind(&ids)
             .bind(&replies)
@@ -728,6 +766,9 @@ impl CommandTx {
             }
         }
         self.tx.commit().await?;
+        for f in self.after_commit {
+            f();
+        }
         Ok(())
     }
 }
