@@ -10,7 +10,10 @@
 //! Four shapes: single-row INSERT commits on 1 and 8 connections; the runtime's UNNEST append
 //! with 100 rows per commit on 1 and 8 connections; and the worker's command transaction —
 //! inbox claim, stream read, append, reply update — on 8 connections, the pool size of a
-//! worker. The last is what the ceiling model charges a command on the database.
+//! worker, once with one command per transaction and once with `COMMANDS_PER_BATCH` per
+//! transaction in the worker's batch statements (one statement per step for the whole batch).
+//! The batched one is what the ceiling model charges a command on the database: it is what a
+//! group-committing worker does when it is saturated.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +33,8 @@ use crate::progress::Progress;
 use crate::usage::{micros_per, with_usage};
 
 const BATCH_ROWS: usize = 100;
+/// Commands per transaction in the batched command test: the worker's largest batch.
+pub const COMMANDS_PER_BATCH: usize = 32;
 
 /// One shape's result.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -56,6 +61,9 @@ pub struct DbFigures {
     pub batched_8: Rate,
     /// The worker's transaction per command (inbox + read + append + reply), 8 connections.
     pub command_txn_8: Rate,
+    /// The same steps for `COMMANDS_PER_BATCH` commands per transaction, 8 connections
+    /// (`rows_per_s` counts commands).
+    pub command_batch_8: Rate,
 }
 
 const CREATE: &str = "CREATE TABLE bench_raw_log (LIKE event_log INCLUDING ALL); \
@@ -195,6 +203,22 @@ pub async fn measure(
         "command transactions, 8 connections",
         figures.command_txn_8.commits_per_s,
         figures.command_txn_8.conflicts
+    ));
+
+    progress.phase("raw database: batched command transactions, 8 connections");
+    let (rate, usage) = with_usage(
+        database,
+        command_batches(&pool, &shape, plan.products, 8, duration),
+    )
+    .await;
+    figures.command_batch_8 = rate?;
+    figures.command_batch_8.cpu_us_per_commit =
+        micros_per(&usage, "postgres", figures.command_batch_8.commits);
+    progress.done(format!(
+        "raw database  {:<34} {:>8.0} cmd/s ({:.0} txn/s)",
+        format!("{COMMANDS_PER_BATCH} commands/txn, 8 connections"),
+        figures.command_batch_8.rows_per_s,
+        figures.command_batch_8.commits_per_s,
     ));
 
     sqlx::raw_sql(DROP).execute(&pool).await?;
@@ -366,6 +390,124 @@ async fn command_transactions(
         commits_per_s: commits as f64 / seconds,
         rows_per_s: commits as f64 / seconds,
         conflicts,
+        cpu_us_per_commit: 0.0,
+    })
+}
+
+/// `connections` writers, each committing transactions of `COMMANDS_PER_BATCH` commands in
+/// the worker's batch statements (workers/src/runtime/store.rs): one inbox claim for all,
+/// one read of what each stream gained since the writer last saw it (the worker keeps stream
+/// states in memory), one append for all, one reply update for all. Each writer has streams
+/// of its own, so there are no version conflicts: a ceiling, not a workload.
+async fn command_batches(
+    pool: &PgPool,
+    shape: &Shape,
+    products: usize,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Rate> {
+    let started = Instant::now();
+    let end = started + duration;
+    let shape = Arc::new(shape.clone());
+    let mut writers = JoinSet::new();
+    for writer in 0..connections {
+        let pool = pool.clone();
+        let shape = shape.clone();
+        writers.spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let mut versions = std::collections::HashMap::<String, i64>::new();
+            let (mut commits, mut commands) = (0u64, 0u64);
+            while Instant::now() < end {
+                let mut streams: Vec<String> = (0..COMMANDS_PER_BATCH)
+                    .map(|_| {
+                        format!(
+                            "catalog.product-rawbatch-{writer}-{}",
+                            fastrand::usize(..products.max(COMMANDS_PER_BATCH))
+                        )
+                    })
+                    .collect();
+                streams.sort();
+                streams.dedup();
+                let ids: Vec<uuid::Uuid> =
+                    streams.iter().map(|_| MessageId::new().as_uuid()).collect();
+                let after: Vec<i64> = streams
+                    .iter()
+                    .map(|s| versions.get(s).copied().unwrap_or(0))
+                    .collect();
+                let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+                sqlx::query(
+                    "INSERT INTO bench_raw_inbox (consumer, message_id, handled_by) \
+                     SELECT $1, id, $3 FROM unnest($2::uuid[]) AS m(id) \
+                     ON CONFLICT DO NOTHING RETURNING message_id",
+                )
+                .bind("catalog.commands")
+                .bind(&ids)
+                .bind("bench")
+                .fetch_all(&mut *tx)
+                .await?;
+                let _news: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT e.stream_id, e.stream_version \
+                     FROM unnest($1::text[], $2::bigint[]) AS w(stream_id, after) \
+                     CROSS JOIN LATERAL (SELECT stream_id, stream_version FROM bench_raw_log \
+                         WHERE stream_id = w.stream_id AND stream_version > w.after \
+                         ORDER BY stream_version) e",
+                )
+                .bind(&streams)
+                .bind(&after)
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?;
+                let next: Vec<i64> = after.iter().map(|v| v + 1).collect();
+                let event_ids: Vec<uuid::Uuid> =
+                    streams.iter().map(|_| EventId::new().as_uuid()).collect();
+                let types: Vec<&str> = streams.iter().map(|_| shape.event_type).collect();
+                let data: Vec<&serde_json::Value> = streams.iter().map(|_| &shape.data).collect();
+                sqlx::query(APPEND_MANY)
+                    .bind(&streams)
+                    .bind(&next)
+                    .bind(&event_ids)
+                    .bind(&types)
+                    .bind(&data)
+                    .bind(&shape.metadata)
+                    .execute(&mut *tx)
+                    .await?;
+                let replies: Vec<&serde_json::Value> =
+                    streams.iter().map(|_| &shape.reply).collect();
+                sqlx::query(
+                    "UPDATE bench_raw_inbox \
+                     SET reply = ($3::jsonb[])[array_position($2::uuid[], message_id)] \
+                     WHERE consumer = $1 AND message_id = ANY($2::uuid[])",
+                )
+                .bind("catalog.commands")
+                .bind(&ids)
+                .bind(&replies)
+                .persistent(false)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                commands += streams.len() as u64;
+                for (stream, version) in streams.into_iter().zip(next) {
+                    versions.insert(stream, version);
+                }
+                commits += 1;
+            }
+            Ok::<(u64, u64), sqlx::Error>((commits, commands))
+        });
+    }
+    let (mut commits, mut commands) = (0, 0);
+    while let Some(joined) = writers.join_next().await {
+        let (c, n) = joined.context("a raw database writer panicked")??;
+        commits += c;
+        commands += n;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Rate {
+        connections,
+        commits,
+        rows_per_commit: COMMANDS_PER_BATCH,
+        commits_per_s: commits as f64 / seconds,
+        rows_per_s: commands as f64 / seconds,
+        conflicts: 0,
         cpu_us_per_commit: 0.0,
     })
 }

@@ -223,6 +223,7 @@ impl Report {
             ("UNNEST 100 rows/commit, 1 connection", &d.batched_1),
             ("UNNEST 100 rows/commit, 8 connections", &d.batched_8),
             ("command transaction, 8 connections", &d.command_txn_8),
+            ("32-command transaction, 8 connections", &d.command_batch_8),
         ] {
             writeln!(
                 out,
@@ -387,15 +388,19 @@ impl Report {
         )?;
         writeln!(
             out,
-            "  {:<9}   {:<57} {:>9} {:>9} {:>9}",
-            "resource", "operation", "raw/s", "time µs", "CPU µs"
+            "  {:<9} {:<8} {:<52} {:>9} {:>9} {:>9}",
+            "resource", "share", "operation", "raw/s", "time µs", "CPU µs"
         )?;
         for cost in &c.costs {
+            let share = if cost.per_command >= 1.0 {
+                format!("{}x", cost.per_command)
+            } else {
+                format!("1/{:.0} of", 1.0 / cost.per_command)
+            };
             writeln!(
                 out,
-                "  {:<9} {}x {:<57} {:>9} {:>9.1} {:>9.1}",
+                "  {:<9} {share:<8} {:<52} {:>9} {:>9.1} {:>9.1}",
                 cost.resource,
-                cost.per_command,
                 cost.operation,
                 rate(cost.raw_per_s),
                 cost.micros * cost.per_command,
@@ -409,8 +414,8 @@ impl Report {
         )?;
         writeln!(
             out,
-            "  => E* = {:.0} cmd/s, bound by {}   (batched commits would let the database alone allow {:.0} cmd/s)",
-            c.e_star, c.bound_by, c.database_if_batched_per_s
+            "  => E* = {:.0} cmd/s, bound by {}   (one transaction per command would cap the database at {:.0} cmd/s)",
+            c.e_star, c.bound_by, c.database_unbatched_per_s
         )?;
         writeln!(
             out,

@@ -12,9 +12,9 @@
 //!
 //! Group commit: for handlers that allow it ([`Handler::BATCH`]), the deliveries the broker
 //! has already sent (up to `MAX_BATCH`) are handled together in step 2 — one transaction,
-//! one inbox statement and one commit for all of them, at most `DB_LANES` batches in the
-//! database at once — and then each is settled on its own (steps 3 and 4, concurrently, so
-//! their publishes are pipelined, while the next batches run their transactions). A duplicate in the batch
+//! one inbox statement and one commit for all of them, one batch in the database at a time
+//! (`DB_LANES`) — and then each is settled on its own (steps 3 and 4, concurrently, so their
+//! publishes are pipelined, while the next batch runs its transaction). A duplicate in the batch
 //! gets its stored reply; a version conflict re-decides just that command inside the
 //! transaction; any other failure rolls the whole batch back and each message is handled in
 //! a transaction of its own, so one bad message costs its batch a retry, never its outcome.
@@ -58,16 +58,15 @@ pub const MAX_RETRY_ROUNDS: i64 = 10;
 /// Most messages one transaction handles. A bigger batch amortizes the commit and the
 /// inbox statement further, but holds its first message's reply back longer.
 const MAX_BATCH: usize = 32;
-/// Transactions a worker runs at once, when its handler batches. A delivery that arrives
-/// while a lane is free starts its transaction at once (low latency when load is light); when
-/// every lane is busy, deliveries gather in the prefetch buffer and the next batch takes them
-/// all (group commit, high throughput when load is heavy). Concurrent batches may touch the
-/// same stream: the loser of an append race re-decides (see [`Handler::handle_batch`]), and
-/// every batch locks inbox rows and streams in one global order, so they cannot deadlock.
+/// Transactions a worker runs at once, when its handler batches. One: deliveries that arrive
+/// while it commits gather in the prefetch buffer and the next batch takes them all (group
+/// commit), and a worker's own batches never race each other for a stream. Measured: four
+/// lanes made concurrent batches collide on the same products (thousands of re-decides a run)
+/// and cut saturation by a third; more throughput comes from more replicas.
 const DB_LANES: usize = 1;
-/// Batches a worker holds at once: those in their transaction, plus some settling with the
-/// broker (reply, dispatches, ack) while the next ones run.
-const BATCHES_IN_FLIGHT: usize = 2 * DB_LANES;
+/// Batches a worker holds at once: the one in its transaction, plus two settling with the
+/// broker (reply, dispatches, ack) meanwhile.
+const BATCHES_IN_FLIGHT: usize = DB_LANES + 2;
 
 /// How handling a message ended, before the ack decision.
 #[derive(Debug)]
