@@ -566,16 +566,7 @@ impl Client {
                 error.into()
             }
         };
-        let channel = self.connection.create_channel().await?;
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let declared = broker::inspect_queue(&self.connection, &queue)
             .await
             .map_err(not_found)?;
         let count = (declared.message_count() as usize).min(limit);

@@ -20,8 +20,6 @@ use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::{Config, SecretUrl};
 use eventline_workers::runtime::{broker, token};
 use futures_util::StreamExt;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use sqlx::Row;
 
 use crate::client::Client;
@@ -611,19 +609,9 @@ async fn wait_for_consumers(
         if !crashed.is_empty() {
             bail!("{} exited at start; see {}", crashed.join(", "), logs);
         }
-        // Passive declares on fresh channels: one closes its channel if the queue is missing.
         let mut consumers = usize::MAX;
         for service in Service::ALL {
-            let channel = connection.create_channel().await?;
-            let count = channel
-                .queue_declare(
-                    topology.command_queue(service).into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
+            let count = broker::inspect_queue(&connection, &topology.command_queue(service))
                 .await
                 .map(|q| q.consumer_count() as usize)
                 .unwrap_or(0);

@@ -15,6 +15,7 @@
 //! The batched one is what the ceiling model charges a command on the database: it is what a
 //! group-committing worker does when it is saturated.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -236,14 +237,10 @@ async fn inserts(
     rows: usize,
     duration: Duration,
 ) -> anyhow::Result<Rate> {
-    let started = Instant::now();
-    let end = started + duration;
     let shape = Arc::new(shape.clone());
-    let mut writers = JoinSet::new();
-    for writer in 0..connections {
-        let pool = pool.clone();
+    run_writers(pool, connections, rows, duration, |writer, pool, end| {
         let shape = shape.clone();
-        writers.spawn(async move {
+        async move {
             let mut conn = pool.acquire().await?;
             let stream = format!("catalog.product-raw{case}-{writer}");
             let mut version = 0i64;
@@ -281,23 +278,14 @@ async fn inserts(
                 }
                 commits += 1;
             }
-            Ok::<u64, sqlx::Error>(commits)
-        });
-    }
-    let mut commits = 0;
-    while let Some(joined) = writers.join_next().await {
-        commits += joined.context("a raw database writer panicked")??;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(Rate {
-        connections,
-        commits,
-        rows_per_commit: rows,
-        commits_per_s: commits as f64 / seconds,
-        rows_per_s: (commits * rows as u64) as f64 / seconds,
-        conflicts: 0,
-        cpu_us_per_commit: 0.0,
+            Ok(Tally {
+                commits,
+                rows: commits * rows as u64,
+                conflicts: 0,
+            })
+        }
     })
+    .await
 }
 
 /// The worker's transaction, statement for statement (see `EventStore::begin_command`,
@@ -309,14 +297,10 @@ async fn command_transactions(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Rate> {
-    let started = Instant::now();
-    let end = started + duration;
     let shape = Arc::new(shape.clone());
-    let mut writers = JoinSet::new();
-    for _ in 0..connections {
-        let pool = pool.clone();
+    run_writers(pool, connections, 1, duration, |_, pool, end| {
         let shape = shape.clone();
-        writers.spawn(async move {
+        async move {
             let mut conn = pool.acquire().await?;
             let (mut commits, mut conflicts) = (0u64, 0u64);
             while Instant::now() < end {
@@ -373,25 +357,14 @@ async fn command_transactions(
                 tx.commit().await?;
                 commits += 1;
             }
-            Ok::<(u64, u64), sqlx::Error>((commits, conflicts))
-        });
-    }
-    let (mut commits, mut conflicts) = (0, 0);
-    while let Some(joined) = writers.join_next().await {
-        let (c, k) = joined.context("a raw database writer panicked")??;
-        commits += c;
-        conflicts += k;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(Rate {
-        connections,
-        commits,
-        rows_per_commit: 1,
-        commits_per_s: commits as f64 / seconds,
-        rows_per_s: commits as f64 / seconds,
-        conflicts,
-        cpu_us_per_commit: 0.0,
+            Ok(Tally {
+                commits,
+                rows: commits,
+                conflicts,
+            })
+        }
     })
+    .await
 }
 
 /// `connections` writers, each committing transactions of `COMMANDS_PER_BATCH` commands in
@@ -406,108 +379,148 @@ async fn command_batches(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Rate> {
-    let started = Instant::now();
-    let end = started + duration;
     let shape = Arc::new(shape.clone());
-    let mut writers = JoinSet::new();
-    for writer in 0..connections {
-        let pool = pool.clone();
-        let shape = shape.clone();
-        writers.spawn(async move {
-            let mut conn = pool.acquire().await?;
-            let mut versions = std::collections::HashMap::<String, i64>::new();
-            let (mut commits, mut commands) = (0u64, 0u64);
-            while Instant::now() < end {
-                let mut streams: Vec<String> = (0..COMMANDS_PER_BATCH)
-                    .map(|_| {
-                        format!(
-                            "catalog.product-rawbatch-{writer}-{}",
-                            fastrand::usize(..products.max(COMMANDS_PER_BATCH))
-                        )
-                    })
-                    .collect();
-                streams.sort();
-                streams.dedup();
-                let ids: Vec<uuid::Uuid> =
-                    streams.iter().map(|_| MessageId::new().as_uuid()).collect();
-                let after: Vec<i64> = streams
-                    .iter()
-                    .map(|s| versions.get(s).copied().unwrap_or(0))
-                    .collect();
-                let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
-                sqlx::query(
-                    "INSERT INTO bench_raw_inbox (consumer, message_id, handled_by) \
+    run_writers(
+        pool,
+        connections,
+        COMMANDS_PER_BATCH,
+        duration,
+        |writer, pool, end| {
+            let shape = shape.clone();
+            async move {
+                let mut conn = pool.acquire().await?;
+                let mut versions = std::collections::HashMap::<String, i64>::new();
+                let (mut commits, mut commands) = (0u64, 0u64);
+                while Instant::now() < end {
+                    let mut streams: Vec<String> = (0..COMMANDS_PER_BATCH)
+                        .map(|_| {
+                            format!(
+                                "catalog.product-rawbatch-{writer}-{}",
+                                fastrand::usize(..products.max(COMMANDS_PER_BATCH))
+                            )
+                        })
+                        .collect();
+                    streams.sort();
+                    streams.dedup();
+                    let ids: Vec<uuid::Uuid> =
+                        streams.iter().map(|_| MessageId::new().as_uuid()).collect();
+                    let after: Vec<i64> = streams
+                        .iter()
+                        .map(|s| versions.get(s).copied().unwrap_or(0))
+                        .collect();
+                    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+                    sqlx::query(
+                        "INSERT INTO bench_raw_inbox (consumer, message_id, handled_by) \
                      SELECT $1, id, $3 FROM unnest($2::uuid[]) AS m(id) \
                      ON CONFLICT DO NOTHING RETURNING message_id",
-                )
-                .bind("catalog.commands")
-                .bind(&ids)
-                .bind("bench")
-                .fetch_all(&mut *tx)
-                .await?;
-                let _news: Vec<(String, i64)> = sqlx::query_as(
-                    "SELECT e.stream_id, e.stream_version \
+                    )
+                    .bind("catalog.commands")
+                    .bind(&ids)
+                    .bind("bench")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let _news: Vec<(String, i64)> = sqlx::query_as(
+                        "SELECT e.stream_id, e.stream_version \
                      FROM unnest($1::text[], $2::bigint[]) AS w(stream_id, after) \
                      CROSS JOIN LATERAL (SELECT stream_id, stream_version FROM bench_raw_log \
                          WHERE stream_id = w.stream_id AND stream_version > w.after \
                          ORDER BY stream_version) e",
-                )
-                .bind(&streams)
-                .bind(&after)
-                .persistent(false)
-                .fetch_all(&mut *tx)
-                .await?;
-                let next: Vec<i64> = after.iter().map(|v| v + 1).collect();
-                let event_ids: Vec<uuid::Uuid> =
-                    streams.iter().map(|_| EventId::new().as_uuid()).collect();
-                let types: Vec<&str> = streams.iter().map(|_| shape.event_type).collect();
-                let data: Vec<&serde_json::Value> = streams.iter().map(|_| &shape.data).collect();
-                sqlx::query(APPEND_MANY)
+                    )
                     .bind(&streams)
-                    .bind(&next)
-                    .bind(&event_ids)
-                    .bind(&types)
-                    .bind(&data)
-                    .bind(&shape.metadata)
-                    .execute(&mut *tx)
+                    .bind(&after)
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
                     .await?;
-                let replies: Vec<&serde_json::Value> =
-                    streams.iter().map(|_| &shape.reply).collect();
-                sqlx::query(
-                    "UPDATE bench_raw_inbox \
+                    let next: Vec<i64> = after.iter().map(|v| v + 1).collect();
+                    let event_ids: Vec<uuid::Uuid> =
+                        streams.iter().map(|_| EventId::new().as_uuid()).collect();
+                    let types: Vec<&str> = streams.iter().map(|_| shape.event_type).collect();
+                    let data: Vec<&serde_json::Value> =
+                        streams.iter().map(|_| &shape.data).collect();
+                    sqlx::query(APPEND_MANY)
+                        .bind(&streams)
+                        .bind(&next)
+                        .bind(&event_ids)
+                        .bind(&types)
+                        .bind(&data)
+                        .bind(&shape.metadata)
+                        .execute(&mut *tx)
+                        .await?;
+                    let replies: Vec<&serde_json::Value> =
+                        streams.iter().map(|_| &shape.reply).collect();
+                    sqlx::query(
+                        "UPDATE bench_raw_inbox \
                      SET reply = ($3::jsonb[])[array_position($2::uuid[], message_id)] \
                      WHERE consumer = $1 AND message_id = ANY($2::uuid[])",
-                )
-                .bind("catalog.commands")
-                .bind(&ids)
-                .bind(&replies)
-                .persistent(false)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                commands += streams.len() as u64;
-                for (stream, version) in streams.into_iter().zip(next) {
-                    versions.insert(stream, version);
+                    )
+                    .bind("catalog.commands")
+                    .bind(&ids)
+                    .bind(&replies)
+                    .persistent(false)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    commands += streams.len() as u64;
+                    for (stream, version) in streams.into_iter().zip(next) {
+                        versions.insert(stream, version);
+                    }
+                    commits += 1;
                 }
-                commits += 1;
+                Ok(Tally {
+                    commits,
+                    rows: commands,
+                    conflicts: 0,
+                })
             }
-            Ok::<(u64, u64), sqlx::Error>((commits, commands))
-        });
+        },
+    )
+    .await
+}
+
+/// What one writer committed.
+#[derive(Default)]
+struct Tally {
+    commits: u64,
+    /// Rows (events, or commands) those commits carried.
+    rows: u64,
+    /// Appends that lost a version race and were retried.
+    conflicts: u64,
+}
+
+/// Runs `connections` writers at once — `writer(index, pool, deadline)`, each working until
+/// the deadline `duration` from now — and sums what they committed into a rate.
+async fn run_writers<W, F>(
+    pool: &PgPool,
+    connections: usize,
+    rows_per_commit: usize,
+    duration: Duration,
+    writer: W,
+) -> anyhow::Result<Rate>
+where
+    W: Fn(usize, PgPool, Instant) -> F,
+    F: Future<Output = Result<Tally, sqlx::Error>> + Send + 'static,
+{
+    let started = Instant::now();
+    let end = started + duration;
+    let mut writers = JoinSet::new();
+    for index in 0..connections {
+        writers.spawn(writer(index, pool.clone(), end));
     }
-    let (mut commits, mut commands) = (0, 0);
+    let mut total = Tally::default();
     while let Some(joined) = writers.join_next().await {
-        let (c, n) = joined.context("a raw database writer panicked")??;
-        commits += c;
-        commands += n;
+        let tally = joined.context("a raw database writer panicked")??;
+        total.commits += tally.commits;
+        total.rows += tally.rows;
+        total.conflicts += tally.conflicts;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(Rate {
         connections,
-        commits,
-        rows_per_commit: COMMANDS_PER_BATCH,
-        commits_per_s: commits as f64 / seconds,
-        rows_per_s: commands as f64 / seconds,
-        conflicts: 0,
+        commits: total.commits,
+        rows_per_commit,
+        commits_per_s: total.commits as f64 / seconds,
+        rows_per_s: total.rows as f64 / seconds,
+        conflicts: total.conflicts,
         cpu_us_per_commit: 0.0,
     })
 }

@@ -22,8 +22,7 @@ use eventline_workers::runtime::projection::Projection;
 use eventline_workers::runtime::relay;
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::services::catalog::ProductsProjection;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::QueueDeleteOptions;
 use tokio::task::JoinSet;
 
 use crate::load::Workload;
@@ -226,21 +225,10 @@ impl System {
                     self.supervisor.log_dir().display()
                 ));
             }
-            // Passive declare on a fresh channel: it only reads the queue's consumer count.
-            let channel = connection.create_channel().await?;
-            let consumers = channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
+            let consumers = broker::inspect_queue(&connection, &queue)
                 .await
                 .map(|q| q.consumer_count() as usize)
                 .unwrap_or(0);
-            let _ = channel.close(200, "probe".into()).await;
             if consumers >= replicas {
                 break Ok(());
             }

@@ -319,20 +319,10 @@ fn describe(reply: &Reply, first: Option<&Reply>) -> String {
 
 /// Ready messages in a queue (unacked ones are not counted by the broker's passive declare).
 async fn ready(connection: &Connection, queue: &str) -> u32 {
-    let channel = connection.create_channel().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    broker::inspect_queue(connection, queue)
         .await
-        .unwrap_or_else(|e| panic!("queue {queue}: {e}"));
-    let _ = channel.close(200, "probe".into()).await;
-    declared.message_count()
+        .unwrap_or_else(|e| panic!("queue {queue}: {e}"))
+        .message_count()
 }
 
 /// Every dead letter of a service, read without removing them (unacked, then the channel closes).

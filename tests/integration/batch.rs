@@ -69,18 +69,12 @@ async fn queued(system: &TestSystem) -> u32 {
     let connection = broker::connect(&system.config.amqp_url, "test probe")
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            system.topology.command_queue(Service::Catalog).into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let declared = broker::inspect_queue(
+        &connection,
+        &system.topology.command_queue(Service::Catalog),
+    )
+    .await
+    .unwrap();
     let _ = connection.close(200, "probe".into()).await;
     declared.message_count()
 }

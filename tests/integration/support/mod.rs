@@ -202,22 +202,9 @@ impl TestSystem {
             let connection = &connection;
             let queue = queue.clone();
             async move {
-                let channel = connection
-                    .create_channel()
+                let declared = broker::inspect_queue(connection, &queue)
                     .await
                     .map_err(|e| e.to_string())?;
-                let declared = channel
-                    .queue_declare(
-                        queue.into(),
-                        lapin::options::QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        lapin::types::FieldTable::default(),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = channel.close(200, "probe".into()).await;
                 let consumers = declared.consumer_count() as usize;
                 if consumers >= n {
                     Ok(())

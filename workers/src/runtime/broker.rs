@@ -208,6 +208,30 @@ fn dead_letter_to(args: &mut FieldTable, exchange: &str, routing_key: &str) {
     args.insert("x-dead-letter-routing-key".into(), text(routing_key));
 }
 
+/// A queue's message and consumer counts, from a passive declare on a channel of its own (a
+/// passive declare of a missing queue closes its channel, so it must not share one).
+/// Fails, with the broker's NOT_FOUND, if the queue does not exist.
+pub async fn inspect_queue(
+    connection: &Connection,
+    queue: &str,
+) -> Result<lapin::Queue, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    if declared.is_ok() {
+        let _ = channel.close(200, "probe".into()).await;
+    }
+    declared
+}
+
 /// Deletes every queue and exchange of a namespace, best effort (for tests, the demo and the
 /// bench, which own their namespaces). Messages in them are gone. Each deletion gets its own
 /// channel, so one failure (which closes its channel) cannot silently skip the rest; failures

@@ -278,28 +278,11 @@ impl EventStore {
         ))
     }
 
-    /// The log from `after` on, in position order, at most `limit` rows.
-    pub async fn read_log(
-        conn: &mut sqlx::PgConnection,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
-                    data, metadata, recorded_at \
-             FROM event_log WHERE position > $1 ORDER BY position LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
-        rows.into_iter().map(recorded_event).collect()
-    }
-
-    /// Like [`EventStore::read_log`], in one statement that also returns the bounds (`xmin`,
-    /// `xmax`) of the snapshot the rows were read with — `None` when there are no rows. One
-    /// statement has one snapshot, and `pg_current_snapshot()` is that snapshot, so this
-    /// needs no REPEATABLE READ transaction around it: one round trip instead of five.
+    /// The log from `after` on, in position order, at most `limit` rows, in one statement
+    /// that also returns the bounds (`xmin`, `xmax`) of the snapshot the rows were read with —
+    /// `None` when there are no rows. One statement has one snapshot, and
+    /// `pg_current_snapshot()` is that snapshot, so this needs no REPEATABLE READ transaction
+    /// around it: one round trip instead of five.
     pub async fn read_log_with_snapshot(
         conn: &mut sqlx::PgConnection,
         after: i64,
