@@ -4,8 +4,9 @@
 //! returned `Ok` means the broker has the command), waits for replies on its own exclusive
 //! queue, tails the events exchange, and reads dead-letter queues.
 //!
-//! The `eventline` binary (src/bin/eventline.rs) wraps this library and also starts workers,
-//! the relay and the demo, so one command runs any part of the system.
+//! The `eventline` binary (src/bin/eventline/, one file per subcommand) wraps this library
+//! and also starts workers, the relay and the demo, so one command runs any part of the
+//! system.
 
 pub mod broker_users;
 pub mod chaos;

@@ -16,6 +16,8 @@
 
 pub mod projection;
 pub mod queries;
+#[cfg(test)]
+mod tests;
 
 use eventline_events::auth::UserId;
 use eventline_events::catalog::{CommitReservation, ReleaseReservation, ReserveStock};

@@ -1,0 +1,18 @@
+//! `eventline relay`: publish committed events to the events exchange, in log order, until
+//! SIGTERM or Ctrl-C.
+//!
+//! It must never publish on its own: the relay (workers/src/runtime/relay.rs) decides order
+//! and leadership; this only starts it once the database answers.
+
+use eventline_workers::runtime::Shutdown;
+use eventline_workers::runtime::relay::Relay;
+
+use crate::database::wait_for_database;
+use crate::{Exit, Globals};
+
+pub async fn run(globals: Globals) -> anyhow::Result<Exit> {
+    let config = globals.config;
+    let store = wait_for_database(&config).await?;
+    Relay::new(config, store).run(Shutdown::on_signals()).await;
+    Ok(Exit::Success)
+}
