@@ -18,12 +18,11 @@ use eventline_workers::runtime::SecretUrl;
 use eventline_workers::runtime::broker::{self, BrokerError};
 use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{Channel, Connection};
 use tokio::sync::oneshot;
+
+use crate::private_queue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -98,32 +97,11 @@ impl Client {
         let publisher = broker::confirm_channel(&connection).await?;
         broker::declare_exchanges(&publisher, &topology).await?;
 
-        // A server-named, exclusive queue: it vanishes with the connection, so abandoned
-        // replies never pile up on the broker.
-        let replies = connection.create_channel().await?;
-        let queue = replies
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let reply_queue = queue.name().as_str().to_owned();
-        let mut consumer = replies
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "replies".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        // A private queue vanishes with the connection, so abandoned replies never pile up
+        // on the broker.
+        let replies = private_queue::open(&connection, "replies", &[]).await?;
+        let reply_queue = replies.name;
+        let mut consumer = replies.consumer;
         let pending: Pending = Arc::default();
         let router = pending.clone();
         tokio::spawn(async move {
@@ -357,40 +335,12 @@ impl Client {
         &self,
         patterns: &[&str],
     ) -> Result<impl Stream<Item = EventMessage> + use<>, ClientError> {
-        let channel = self.connection.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        for pattern in patterns {
-            channel
-                .queue_bind(
-                    queue.name().clone(),
-                    self.topology.events_exchange().into(),
-                    (*pattern).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "tail".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let exchange = self.topology.events_exchange();
+        let bindings: Vec<(&str, &str)> =
+            patterns.iter().map(|p| (exchange.as_str(), *p)).collect();
+        let consumer = private_queue::open(&self.connection, "tail", &bindings)
+            .await?
+            .consumer;
         Ok(consumer.filter_map(|delivery| async move {
             let delivery = delivery.ok()?;
             let message = broker::incoming(&delivery.properties, delivery.data);

@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 use sqlx::Row;
 
 use crate::client::Client;
+use crate::settled;
 use crate::supervisor::Supervisor;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -526,28 +527,20 @@ fn cents(minor: i64) -> String {
     format!("{}.{:02}", minor / 100, minor % 100)
 }
 
-/// Waits until no reservation is held and nothing is left in the services' queues.
+/// Waits until every order has ended, no reservation is held and the read models have
+/// caught up (see [`crate::settled`]).
 async fn settle(store: &EventStore) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let held: i64 =
-            sqlx::query_scalar("SELECT coalesce(sum(reserved), 0)::bigint FROM catalog_products")
-                .fetch_one(store.pool())
-                .await?;
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM orders_view WHERE status NOT IN ('confirmed', 'rejected', 'cancelled')")
-            .fetch_one(store.pool())
-            .await?;
-        let max: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM event_log")
-            .fetch_one(store.pool())
-            .await?;
-        let products_at = store.checkpoint("projection.catalog_products").await?;
-        let orders_at = store.checkpoint("projection.orders_view").await?;
-        if held == 0 && open == 0 && products_at >= max && orders_at >= max {
+        let now = settled::snapshot(store, settled::Orders::All).await?;
+        if now.is_settled() {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "the system did not settle within 30 s: {held} items still reserved, {open} orders open"
+                "the system did not settle within 30 s: {} items still reserved, {} orders open",
+                now.held,
+                now.open_orders
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

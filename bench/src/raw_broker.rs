@@ -394,30 +394,8 @@ async fn reply_path(
     consumer: &lapin::Connection,
     samples: &Samples,
 ) -> anyhow::Result<(f64, f64)> {
-    let replies = consumer.create_channel().await?;
-    let queue = replies
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let queue = queue.name().as_str().to_owned();
-    let mut deliveries = replies
-        .basic_consume(
-            queue.as_str().into(),
-            "bench-replies".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let private = eventline::private_queue::open(consumer, "bench-replies", &[]).await?;
+    let (replies, queue, mut deliveries) = (private.channel, private.name, private.consumer);
     // Ends when the channel closes below.
     let drain = tokio::spawn(async move {
         let mut count = 0u64;

@@ -9,8 +9,8 @@ use std::fmt;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use uuid::Uuid;
 
+use crate::ids::id_type;
 use crate::values::StreamId;
 
 /// The header that carries a session token on commands that need one.
@@ -20,30 +20,9 @@ pub const USER_STREAM_CATEGORY: &str = "auth.user";
 /// How long a session token is valid.
 pub const TOKEN_LIFETIME_SECS: i64 = 3600;
 
-/// A user's id, assigned at registration.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(transparent)]
-pub struct UserId(Uuid);
-
-impl UserId {
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-    pub const fn from_uuid(uuid: Uuid) -> Self {
-        Self(uuid)
-    }
-    pub const fn as_uuid(&self) -> Uuid {
-        self.0
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
+id_type! {
+    /// A user's id, assigned at registration.
+    UserId
 }
 
 /// What a user may do.

@@ -9,7 +9,8 @@ use std::fmt;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize};
-use uuid::Uuid;
+
+use crate::ids::id_type;
 
 /// Declares serde (through `parse`) and a JSON Schema for a validated newtype.
 macro_rules! validated {
@@ -265,32 +266,9 @@ impl StockLevel {
 
 validated!(StockLevel, u32, { "type": "integer", "minimum": 0, "maximum": 1_000_000_000 });
 
-/// An order's id, chosen by whoever places the order (a UUID, v7 recommended).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(transparent)]
-pub struct OrderId(Uuid);
-
-impl OrderId {
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    pub const fn from_uuid(uuid: Uuid) -> Self {
-        Self(uuid)
-    }
-
-    pub const fn as_uuid(&self) -> Uuid {
-        self.0
-    }
-}
-
-impl fmt::Display for OrderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
+id_type! {
+    /// An order's id, chosen by whoever places the order (a UUID, v7 recommended).
+    OrderId
 }
 
 /// The id of an event stream in the log, e.g. `catalog.product-tea`. Built only by the
@@ -335,6 +313,7 @@ impl fmt::Display for StreamId {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use uuid::Uuid;
 
     #[test]
     fn bad_values_are_rejected_while_decoding_with_the_field_named() {
@@ -388,6 +367,71 @@ mod tests {
         ] {
             assert!(ProductName::parse(good.to_owned()).is_ok(), "{good:?}");
         }
+    }
+
+    /// The wire form of an id type: what a type's JSON is, what it reads, how it prints and
+    /// its JSON Schema. Pinned so that a change of how an id is defined (a hand-written
+    /// newtype or `id_type!`) cannot change what other languages see.
+    fn assert_uuid_wire_form<T>(id: T, uuid: Uuid, schema: serde_json::Value)
+    where
+        T: Serialize
+            + for<'de> Deserialize<'de>
+            + JsonSchema
+            + fmt::Display
+            + PartialEq
+            + fmt::Debug,
+    {
+        let text = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(uuid.to_string(), text);
+        assert_eq!(serde_json::to_value(&id).unwrap(), serde_json::json!(text));
+        assert_eq!(
+            serde_json::from_value::<T>(serde_json::json!(text)).unwrap(),
+            id
+        );
+        assert_eq!(id.to_string(), text);
+        assert!(serde_json::from_value::<T>(serde_json::json!(42)).is_err());
+        assert!(serde_json::from_value::<T>(serde_json::json!("not-a-uuid")).is_err());
+        assert_eq!(
+            serde_json::to_value(schemars::schema_for!(T)).unwrap(),
+            schema
+        );
+    }
+
+    fn wire_uuid() -> Uuid {
+        Uuid::parse_str("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b").unwrap()
+    }
+
+    #[test]
+    fn order_ids_keep_their_wire_form() {
+        assert_uuid_wire_form(
+            OrderId::from_uuid(wire_uuid()),
+            wire_uuid(),
+            serde_json::json!({
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "title": "OrderId",
+                "description": "An order's id, chosen by whoever places the order (a UUID, v7 recommended).",
+                "type": "string",
+                "format": "uuid",
+            }),
+        );
+        assert_eq!(OrderId::from_uuid(wire_uuid()).as_uuid(), wire_uuid());
+    }
+
+    #[test]
+    fn user_ids_keep_their_wire_form() {
+        use crate::auth::UserId;
+        assert_uuid_wire_form(
+            UserId::from_uuid(wire_uuid()),
+            wire_uuid(),
+            serde_json::json!({
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "title": "UserId",
+                "description": "A user's id, assigned at registration.",
+                "type": "string",
+                "format": "uuid",
+            }),
+        );
+        assert_eq!(UserId::from_uuid(wire_uuid()).as_uuid(), wire_uuid());
     }
 
     #[test]

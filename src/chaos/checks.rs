@@ -13,6 +13,7 @@ use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
 use crate::client::{Client, EventMessage};
+use crate::settled;
 
 /// The outcome of every check; a `Some`/non-zero field is a failure, described.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -83,50 +84,21 @@ pub async fn wait_until_ended(
     deadline: Instant,
 ) -> Ended {
     loop {
-        let state = settled_state(store, orders).await;
-        if let Ok((open, held, behind)) = state
-            && ((open == 0 && held == 0 && !behind) || Instant::now() > deadline)
+        let now = settled::snapshot(store, settled::Orders::These(orders)).await;
+        if let Ok(now) = now
+            && (now.is_settled() || Instant::now() > deadline)
         {
             return Ended {
-                not_ended: usize::try_from(open).unwrap_or(usize::MAX),
+                not_ended: usize::try_from(now.open_orders).unwrap_or(usize::MAX),
             };
         }
-        if state.is_err() && Instant::now() > deadline {
+        if now.is_err() && Instant::now() > deadline {
             return Ended {
                 not_ended: orders.len(),
             };
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn settled_state(
-    store: &EventStore,
-    orders: &[uuid::Uuid],
-) -> Result<(i64, i64, bool), sqlx::Error> {
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM orders_view WHERE order_id = ANY($1) \
-         AND status IN ('confirmed', 'rejected', 'cancelled')",
-    )
-    .bind(orders)
-    .fetch_one(store.pool())
-    .await?;
-    let held: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(reserved), 0)::bigint FROM catalog_products")
-            .fetch_one(store.pool())
-            .await?;
-    let max: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM event_log")
-        .fetch_one(store.pool())
-        .await?;
-    let mut behind = false;
-    for checkpoint in ["projection.catalog_products", "projection.orders_view"] {
-        behind |= store
-            .checkpoint(checkpoint)
-            .await
-            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?
-            < max;
-    }
-    Ok((orders.len() as i64 - ended, held, behind))
 }
 
 /// The log-level checks.

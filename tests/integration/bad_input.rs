@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventline::client::parse_order;
+use eventline::private_queue;
 use eventline_events::auth::{Role, TOKEN_HEADER};
 use eventline_events::catalog::{AddProduct, CatalogCommand, ChangePrice, Restock};
 use eventline_events::envelope::headers;
@@ -25,7 +26,7 @@ use eventline_events::values::{Money, OrderId, ProductName, Quantity, StockLevel
 use eventline_events::{CorrelationId, IncomingMessage, Metadata, OutgoingMessage, Reply, Service};
 use eventline_workers::runtime::broker;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::BasicGetOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
 
@@ -244,31 +245,11 @@ impl Replies {
         let connection = broker::connect(&system.config.amqp_url, "bad-input replies")
             .await
             .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let queue = private_queue::open(&connection, "bad-input", &[])
             .await
             .unwrap();
-        let mut consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "bad-input".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let mut consumer = queue.consumer;
+        let queue = queue.name;
         let received: Arc<Mutex<HashMap<String, Vec<Reply>>>> = Arc::default();
         let sink = received.clone();
         tokio::spawn(async move {
@@ -288,7 +269,7 @@ impl Replies {
             }
         });
         Self {
-            queue: queue.name().as_str().to_owned(),
+            queue,
             received,
             connection,
         }

@@ -12,6 +12,7 @@ mod concurrency;
 mod crash;
 mod dead_letters;
 mod errors;
+mod forged_saga_input;
 mod least_privilege;
 mod load;
 mod poison;

@@ -44,7 +44,8 @@ pub async fn run(Args { order }: Args, globals: Globals) -> anyhow::Result<Exit>
                 "{}  {:<10} total {:>8}  {}",
                 o["order_id"].as_str().unwrap_or("?"),
                 o["status"].as_str().unwrap_or("?"),
-                o["total"],
+                // A JSON value's Display ignores width.
+                o["total"].to_string(),
                 o["reason"].as_str().unwrap_or("")
             );
         }

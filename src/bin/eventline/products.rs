@@ -29,13 +29,14 @@ pub async fn run(globals: Globals) -> anyhow::Result<Exit> {
             "product", "available", "reserved", "sold", "price"
         );
         for p in products.as_array().into_iter().flatten() {
+            // A JSON value's Display ignores width: format the numbers as text first.
             println!(
                 "{:<20} {:>9} {:>9} {:>9} {:>8}",
                 p["product_id"].as_str().unwrap_or("?"),
-                p["available"],
-                p["reserved"],
-                p["sold"],
-                p["price"]
+                p["available"].to_string(),
+                p["reserved"].to_string(),
+                p["sold"].to_string(),
+                p["price"].to_string()
             );
         }
     }
