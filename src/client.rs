@@ -18,10 +18,7 @@ use eventline_workers::runtime::SecretUrl;
 use eventline_workers::runtime::broker::{self, BrokerError};
 use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::BasicGetOptions;
 use lapin::{Channel, Connection};
 use tokio::sync::oneshot;
 
@@ -101,29 +98,9 @@ impl Client {
         // A server-named, exclusive queue: it vanishes with the connection, so abandoned
         // replies never pile up on the broker.
         let replies = connection.create_channel().await?;
-        let queue = replies
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let queue = broker::declare_private_queue(&replies).await?;
         let reply_queue = queue.name().as_str().to_owned();
-        let mut consumer = replies
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "replies".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let mut consumer = broker::consume_unacked(&replies, &reply_queue, "replies").await?;
         let pending: Pending = Arc::default();
         let router = pending.clone();
         tokio::spawn(async move {
@@ -358,39 +335,12 @@ impl Client {
         patterns: &[&str],
     ) -> Result<impl Stream<Item = EventMessage> + use<>, ClientError> {
         let channel = self.connection.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let queue = broker::declare_private_queue(&channel).await?;
         for pattern in patterns {
-            channel
-                .queue_bind(
-                    queue.name().clone(),
-                    self.topology.events_exchange().into(),
-                    (*pattern).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
+            broker::bind_to_events(&channel, &self.topology, queue.name().as_str(), pattern)
                 .await?;
         }
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "tail".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer = broker::consume_unacked(&channel, queue.name().as_str(), "tail").await?;
         Ok(consumer.filter_map(|delivery| async move {
             let delivery = delivery.ok()?;
             let message = broker::incoming(&delivery.properties, delivery.data);
@@ -484,9 +434,7 @@ impl Client {
                 Ok(()) => {
                     // Confirmed: the copy is stored, so the dead letter may go. If this ack is
                     // lost the letter stays, and a second re-drive is a harmless duplicate.
-                    channel
-                        .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
-                        .await?;
+                    broker::ack(&channel, delivery.delivery_tag).await?;
                     report.redriven.push(id);
                 }
                 Err(error) => {
@@ -518,36 +466,7 @@ impl Client {
 
     /// The original message's properties without what the dead-lettering added.
     fn fresh_properties(&self, properties: &lapin::BasicProperties) -> lapin::BasicProperties {
-        let mut table = properties
-            .headers()
-            .clone()
-            .unwrap_or_default()
-            .inner()
-            .clone();
-        table.retain(|name, _| {
-            let name = name.as_str();
-            ![
-                headers::DEAD_LETTER_CODE,
-                headers::DEAD_LETTER_REASON,
-                headers::ORIGINAL_QUEUE,
-                headers::HANDLED_BY,
-                headers::RETRY_COUNT,
-                TOKEN_HEADER,
-                // The broker's own dead-lettering and quorum-queue bookkeeping.
-                "x-death",
-                "x-delivery-count",
-            ]
-            .contains(&name)
-                && !name.starts_with("x-first-death-")
-                && !name.starts_with("x-last-death-")
-        });
-        if let Some(token) = &self.token {
-            table.insert(
-                TOKEN_HEADER.into(),
-                lapin::types::AMQPValue::LongString(token.as_bytes().to_vec().into()),
-            );
-        }
-        properties.clone().with_headers(table.into())
+        broker::redrive_properties(properties, self.token.as_deref())
     }
 
     /// Fetches up to `limit` of a service's dead letters, unacknowledged, on a new channel:

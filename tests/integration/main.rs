@@ -18,3 +18,4 @@ mod poison;
 mod python_client;
 mod relay;
 mod saga;
+mod settlement;
