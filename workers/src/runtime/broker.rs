@@ -732,3 +732,16 @@ pub fn redrive_properties(properties: &BasicProperties, token: Option<&str>) -> 
 pub fn delayed_properties(message: &OutgoingMessage, delay: Duration) -> BasicProperties {
     properties(message).with_expiration(delay.as_millis().to_string().into())
 }
+
+/// A durable queue bound to every event on the events exchange: an auditor's tap that must not
+/// miss an event even across a broker restart (the chaos checks).
+pub async fn declare_event_tap(
+    channel: &Channel,
+    topology: &Topology,
+    queue: &str,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_declare(queue.into(), durable(), FieldTable::default())
+        .await?;
+    bind_to_events(channel, topology, queue, "#").await
+}
