@@ -18,11 +18,10 @@ use eventline_workers::runtime::SecretUrl;
 use eventline_workers::runtime::broker::{self, BrokerError};
 use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::BasicGetOptions;
 use lapin::{Channel, Connection};
 use tokio::sync::oneshot;
 
-use crate::private_queue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -99,7 +98,7 @@ impl Client {
 
         // A private queue vanishes with the connection, so abandoned replies never pile up
         // on the broker.
-        let replies = private_queue::open(&connection, "replies", &[]).await?;
+        let replies = broker::open_private_queue(&connection, "replies").await?;
         let reply_queue = replies.name;
         let mut consumer = replies.consumer;
         let pending: Pending = Arc::default();
@@ -335,12 +334,11 @@ impl Client {
         &self,
         patterns: &[&str],
     ) -> Result<impl Stream<Item = EventMessage> + use<>, ClientError> {
-        let exchange = self.topology.events_exchange();
-        let bindings: Vec<(&str, &str)> =
-            patterns.iter().map(|p| (exchange.as_str(), *p)).collect();
-        let consumer = private_queue::open(&self.connection, "tail", &bindings)
-            .await?
-            .consumer;
+        let queue = broker::open_private_queue(&self.connection, "tail").await?;
+        for pattern in patterns {
+            broker::bind_to_events(&queue.channel, &self.topology, &queue.name, pattern).await?;
+        }
+        let consumer = queue.consumer;
         Ok(consumer.filter_map(|delivery| async move {
             let delivery = delivery.ok()?;
             let message = broker::incoming(&delivery.properties, delivery.data);
@@ -434,9 +432,7 @@ impl Client {
                 Ok(()) => {
                     // Confirmed: the copy is stored, so the dead letter may go. If this ack is
                     // lost the letter stays, and a second re-drive is a harmless duplicate.
-                    channel
-                        .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
-                        .await?;
+                    broker::ack(&channel, delivery.delivery_tag).await?;
                     report.redriven.push(id);
                 }
                 Err(error) => {
@@ -468,36 +464,7 @@ impl Client {
 
     /// The original message's properties without what the dead-lettering added.
     fn fresh_properties(&self, properties: &lapin::BasicProperties) -> lapin::BasicProperties {
-        let mut table = properties
-            .headers()
-            .clone()
-            .unwrap_or_default()
-            .inner()
-            .clone();
-        table.retain(|name, _| {
-            let name = name.as_str();
-            ![
-                headers::DEAD_LETTER_CODE,
-                headers::DEAD_LETTER_REASON,
-                headers::ORIGINAL_QUEUE,
-                headers::HANDLED_BY,
-                headers::RETRY_COUNT,
-                TOKEN_HEADER,
-                // The broker's own dead-lettering and quorum-queue bookkeeping.
-                "x-death",
-                "x-delivery-count",
-            ]
-            .contains(&name)
-                && !name.starts_with("x-first-death-")
-                && !name.starts_with("x-last-death-")
-        });
-        if let Some(token) = &self.token {
-            table.insert(
-                TOKEN_HEADER.into(),
-                lapin::types::AMQPValue::LongString(token.as_bytes().to_vec().into()),
-            );
-        }
-        properties.clone().with_headers(table.into())
+        broker::redrive_properties(properties, self.token.as_deref())
     }
 
     /// Fetches up to `limit` of a service's dead letters, unacknowledged, on a new channel:

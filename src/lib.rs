@@ -12,7 +12,6 @@ pub mod broker_users;
 pub mod chaos;
 pub mod client;
 pub mod demo;
-pub mod private_queue;
 pub mod settled;
 pub mod supervisor;
 pub mod trace;

@@ -394,7 +394,7 @@ async fn reply_path(
     consumer: &lapin::Connection,
     samples: &Samples,
 ) -> anyhow::Result<(f64, f64)> {
-    let private = eventline::private_queue::open(consumer, "bench-replies", &[]).await?;
+    let private = broker::open_private_queue(consumer, "bench-replies").await?;
     let (replies, queue, mut deliveries) = (private.channel, private.name, private.consumer);
     // Ends when the channel closes below.
     let drain = tokio::spawn(async move {

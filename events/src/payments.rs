@@ -19,7 +19,8 @@ pub fn payment_stream(order_id: OrderId) -> StreamId {
 ///
 /// The simulated provider knows `tok_visa` (approves), `tok_declined`, `tok_insufficient_funds`,
 /// `tok_slow` (approves after a long delay) and `tok_provider_error` (fails transiently).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+// `Debug` shows `CardToken(***)`: a command logged with `{:?}` must not leak the token.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(transparent)]
 pub struct CardToken(#[schemars(regex(pattern = r"^tok_[A-Za-z0-9_]{1,60}$"))] String);
 
@@ -37,6 +38,12 @@ impl CardToken {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl std::fmt::Debug for CardToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CardToken(***)")
     }
 }
 

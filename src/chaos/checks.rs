@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use eventline_events::{Metadata, OutgoingMessage, Service, Topology};
 use eventline_workers::runtime::store::EventStore;
 use eventline_workers::runtime::{SecretUrl, broker};
-use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicGetOptions;
 
 use crate::client::{Client, EventMessage};
 use crate::settled;
@@ -293,25 +292,7 @@ impl Audit {
         let connection = broker::connect(url, "chaos audit").await?;
         let channel = connection.create_channel().await?;
         broker::declare_exchanges(&channel, topology).await?;
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                topology.events_exchange().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        broker::declare_event_tap(&channel, topology, &queue).await?;
         let _ = connection.close(200, "declared".into()).await;
         Ok(Self {
             url: url.clone(),

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventline::client::parse_order;
-use eventline::private_queue;
 use eventline_events::auth::{Role, TOKEN_HEADER};
 use eventline_events::catalog::{AddProduct, CatalogCommand, ChangePrice, Restock};
 use eventline_events::envelope::headers;
@@ -245,7 +244,7 @@ impl Replies {
         let connection = broker::connect(&system.config.amqp_url, "bad-input replies")
             .await
             .unwrap();
-        let queue = private_queue::open(&connection, "bad-input", &[])
+        let queue = broker::open_private_queue(&connection, "bad-input")
             .await
             .unwrap();
         let mut consumer = queue.consumer;

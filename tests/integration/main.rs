@@ -19,3 +19,4 @@ mod poison;
 mod python_client;
 mod relay;
 mod saga;
+mod settlement;

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 mod infra;
+pub mod sabotage;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -21,9 +22,11 @@ use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand, ReserveStock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{Namespace, Reply, Service, Topology};
-use eventline_workers::runtime::config::{AuthKeys, PaymentSettings};
+use eventline_workers::runtime::Handler;
+use eventline_workers::runtime::config::{AuthKeys, PaymentSettings, RetryPolicy};
 use eventline_workers::runtime::relay::{Relay, RelayProgress};
 use eventline_workers::runtime::store::{self, EventStore};
+use eventline_workers::runtime::worker::CommandWorker;
 use eventline_workers::runtime::{Config, SecretUrl, Shutdown};
 use eventline_workers::runtime::{broker, token};
 use eventline_workers::services;
@@ -105,6 +108,7 @@ impl TestSystem {
                 slow_delay: Duration::from_secs(6),
                 ..PaymentSettings::default()
             },
+            retry: RetryPolicy::default(),
         };
         let topology = Topology::new(namespace.clone());
         // Declared up front so commands published before a worker starts are queued, not lost.
@@ -173,6 +177,14 @@ impl TestSystem {
         let store = EventStore::connect_lazy(&config.database_url, 4).expect("a pool");
         self.tasks
             .spawn(services::run(service, config, store, self.shutdown.clone()));
+    }
+
+    /// Starts one in-process worker running `handler` (a test's own, or a service's) with
+    /// `config`, through the real [`CommandWorker`].
+    pub fn start_handler<H: Handler>(&mut self, config: Config, handler: H) {
+        let store = EventStore::connect_lazy(&config.database_url, 4).expect("a pool");
+        self.tasks
+            .spawn(CommandWorker::new(config, store, handler).run(self.shutdown.clone()));
     }
 
     /// A session token signed with this system's key.

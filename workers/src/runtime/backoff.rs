@@ -3,6 +3,8 @@
 //! Jitter matters here: after a broker restart every replica reconnects at once, and without
 //! it they would all retry in lock-step.
 
+use std::fmt::Display;
+use std::future::Future;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,29 @@ impl Backoff {
     }
 }
 
+/// Runs `session` until it returns `Ok` (a clean stop) or `cancel` fires, starting it again
+/// with backoff (100 ms doubling to 5 s, jittered) whenever it fails: the one reconnect loop
+/// of every long-lived broker or database task. `what` names the task in the warning.
+pub async fn reconnect<E, F, Fut>(cancel: &CancellationToken, what: &str, mut session: F)
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match session().await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, task = what, "session ended; reconnecting");
+                if !backoff.wait(cancel).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +71,26 @@ mod tests {
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(150));
         assert!(delays.iter().all(|d| *d <= Duration::from_millis(1500)));
         assert!(delays[7] >= Duration::from_millis(500), "{delays:?}");
+    }
+
+    #[tokio::test]
+    async fn reconnect_runs_again_after_a_failure_and_stops_on_success_or_cancel() {
+        let cancel = CancellationToken::new();
+        let mut runs = 0;
+        reconnect(&cancel, "test", || {
+            runs += 1;
+            let result = if runs < 2 { Err("down") } else { Ok(()) };
+            async move { result }
+        })
+        .await;
+        assert_eq!(runs, 2);
+        cancel.cancel();
+        let mut runs = 0;
+        reconnect(&cancel, "test", || {
+            runs += 1;
+            async { Err::<(), _>("down") }
+        })
+        .await;
+        assert_eq!(runs, 1, "a cancelled loop does not start again");
     }
 }

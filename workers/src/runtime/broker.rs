@@ -1,29 +1,34 @@
 //! The broker side of the runtime: connecting, declaring the topology, and translating
 //! between the contract's plain messages and AMQP frames.
 //!
-//! This is the only module that builds `BasicProperties` or reads them back; the names come
-//! from [`eventline_events::Topology`], never from string literals here.
+//! This is the only module that builds `BasicProperties` or AMQP field tables, or reads them
+//! back, and the only one that acks or nacks ([`carry_out`] carries out a worker's
+//! [`Settlement`]); the names come from [`eventline_events::Topology`], never from string
+//! literals here. It must never decide what happens to a message: `settle` does.
 
+use std::future::Future;
 use std::time::Duration;
 
-use eventline_events::envelope::{CONTENT_TYPE_JSON, HeaderValue};
+use eventline_events::auth::TOKEN_HEADER;
+use eventline_events::envelope::{CONTENT_TYPE_JSON, HeaderValue, headers};
 use eventline_events::{IncomingMessage, OutgoingMessage, Service, Topology};
 use lapin::Confirmation;
+use lapin::message::Delivery;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use super::config::SecretUrl;
+use super::settle::Settlement;
 
-/// How long a transiently failed command waits in the retry queue before it is delivered again.
-pub const RETRY_DELAY: Duration = Duration::from_secs(1);
-
-/// How many times the broker redelivers a command whose worker died (or never acked) before it
-/// dead-letters it. Guards against a message that crashes every worker that touches it.
-pub const DELIVERY_LIMIT: i64 = 10;
+/// How many times a quorum queue hands out a message that is returned (its consumer died,
+/// or nacked it) before the broker dead-letters it: the backstop for a message that crashes
+/// every worker that touches it. A queue argument, so it never changes (the broker would refuse
+/// the re-declare); the worker's own, lower limit with a reason is `RetryPolicy::delivery_limit`.
+pub const QUEUE_DELIVERY_LIMIT: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -96,110 +101,210 @@ pub async fn declare_exchanges(channel: &Channel, topology: &Topology) -> Result
     Ok(())
 }
 
-/// Declares one service's queues: commands (quorum), retry (delay) and dead letters. Idempotent,
-/// so every replica declares at start and none depends on another having done it.
+/// One queue of a service as it should be declared.
+struct QueueSpec {
+    name: String,
+    args: FieldTable,
+    /// `(exchange, routing key)` to bind it to.
+    bind: Option<(String, String)>,
+    /// A quorum queue: it counts deliveries (`x-delivery-count`) and has a delivery limit.
+    quorum: bool,
+}
+
+/// A quorum queue's arguments: replicated-log semantics, survives broker restarts, and counts
+/// deliveries, so a message that kills its consumer is dead-lettered (`at-least-once`: never
+/// dropped) after [`QUEUE_DELIVERY_LIMIT`] tries instead of looping forever.
+fn quorum_args(dead_letter_exchange: &str, routing_key: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(QUEUE_DELIVERY_LIMIT)),
+    );
+    dead_letter_to(&mut args, dead_letter_exchange, routing_key);
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
+    args
+}
+
+/// Every queue of a service, in declaration order. No argument here depends on the retry
+/// policy: a policy change must never change a queue's arguments.
+fn service_queues(topology: &Topology, service: Service) -> Vec<QueueSpec> {
+    let routing_key = topology.command_routing_key(service);
+    let dead_letters = topology.dead_letter_exchange();
+    let commands = topology.commands_exchange();
+    // A delay without a timer in any worker: no consumer; each message carries its own
+    // expiration, and when it expires the broker dead-letters it back to the commands
+    // exchange. The retry queue holds transient failures (expiration = the policy's retry
+    // delay); the delay queue holds saga timers (all of a service's timers have the same
+    // length). Within each queue every message waits as long, so first-in is first-out and no
+    // message waits behind a longer one.
+    let delay = || {
+        let mut args = FieldTable::default();
+        dead_letter_to(&mut args, &commands, routing_key);
+        args
+    };
+    vec![
+        QueueSpec {
+            name: topology.command_queue(service),
+            args: quorum_args(&dead_letters, routing_key),
+            bind: Some((commands.clone(), routing_key.to_owned())),
+            quorum: true,
+        },
+        // Queries: their own queue so reads never wait behind writes. Quorum too: a query
+        // that crashes its worker must not loop, and only a quorum queue counts deliveries.
+        QueueSpec {
+            name: topology.query_queue(service),
+            args: quorum_args(&dead_letters, routing_key),
+            bind: Some((commands.clone(), topology.query_routing_key(service))),
+            quorum: true,
+        },
+        QueueSpec {
+            name: topology.retry_queue(service),
+            args: delay(),
+            bind: None,
+            quorum: false,
+        },
+        // Replies to the commands this service sends (only sagas consume it; declaring it for
+        // every service keeps the topology uniform). Quorum: a reply that crashes the saga's
+        // worker is counted and dead-lettered like a command, and survives a broker restart.
+        QueueSpec {
+            name: topology.reply_queue(service),
+            args: quorum_args(&dead_letters, routing_key),
+            bind: None,
+            quorum: true,
+        },
+        QueueSpec {
+            name: topology.delay_queue(service),
+            args: delay(),
+            bind: None,
+            quorum: false,
+        },
+        QueueSpec {
+            name: topology.dead_letter_queue(service),
+            args: FieldTable::default(),
+            bind: Some((dead_letters.clone(), routing_key.to_owned())),
+            quorum: false,
+        },
+    ]
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+async fn declare_spec(channel: &Channel, spec: &QueueSpec) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(spec.name.as_str().into(), durable(), spec.args.clone())
+        .await?;
+    if let Some((exchange, key)) = &spec.bind {
+        channel
+            .queue_bind(
+                spec.name.as_str().into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Declares one service's queues exactly as this version wants them, failing (with the
+/// broker's PRECONDITION_FAILED) where one exists with other arguments. For namespaces this
+/// process owns (tests, the demo, the bench); workers use [`ensure_service_queues`].
 pub async fn declare_service_queues(
     channel: &Channel,
     topology: &Topology,
     service: Service,
 ) -> Result<(), BrokerError> {
     declare_exchanges(channel, topology).await?;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let routing_key = topology.command_routing_key(service);
-
-    // Quorum queue: replicated-log semantics, survives broker restarts, and counts deliveries
-    // so a message that kills its consumer is dead-lettered after DELIVERY_LIMIT tries instead
-    // of looping forever. `at-least-once` dead-lettering never drops such a message.
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text("quorum"));
-    args.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(DELIVERY_LIMIT),
-    );
-    dead_letter_to(&mut args, &topology.dead_letter_exchange(), routing_key);
-    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-    args.insert("x-overflow".into(), text("reject-publish"));
-    let commands = topology.command_queue(service);
-    channel
-        .queue_declare(commands.as_str().into(), durable, args)
-        .await?;
-    channel
-        .queue_bind(
-            commands.into(),
-            topology.commands_exchange().into(),
-            routing_key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-
-    // Queries: their own queue so reads never wait behind writes. Classic, not quorum: a
-    // query changes nothing and its sender retries it, so it needs no replicated log (and each
-    // quorum queue costs a process and a log of its own).
-    let mut args = FieldTable::default();
-    dead_letter_to(&mut args, &topology.dead_letter_exchange(), routing_key);
-    let queries = topology.query_queue(service);
-    channel
-        .queue_declare(queries.as_str().into(), durable, args)
-        .await?;
-    channel
-        .queue_bind(
-            queries.into(),
-            topology.commands_exchange().into(),
-            topology.query_routing_key(service).into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-
-    // The retry queue has no consumer: messages wait out their TTL, then the broker
-    // dead-letters them back to the commands exchange — a delay without a timer in any worker.
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(RETRY_DELAY.as_millis() as i64),
-    );
-    dead_letter_to(&mut args, &topology.commands_exchange(), routing_key);
-    channel
-        .queue_declare(topology.retry_queue(service).into(), durable, args)
-        .await?;
-
-    // Replies to the commands this service sends (only sagas consume it; declaring it for
-    // every service keeps the topology uniform). Durable, with persistent messages: a reply
-    // survives a broker restart. Classic: replies come from our own workers, so the delivery
-    // limit that guards command queues against poison is not needed here.
-    let mut args = FieldTable::default();
-    dead_letter_to(&mut args, &topology.dead_letter_exchange(), routing_key);
-    channel
-        .queue_declare(topology.reply_queue(service).into(), durable, args)
-        .await?;
-
-    // Timers: each message carries its own expiration; when it expires the broker delivers it
-    // to the service's command queue. All of a service's timers have the same length, so
-    // first-in is first-out and no message waits behind a longer one.
-    let mut args = FieldTable::default();
-    dead_letter_to(&mut args, &topology.commands_exchange(), routing_key);
-    channel
-        .queue_declare(topology.delay_queue(service).into(), durable, args)
-        .await?;
-
-    let dead_letters = topology.dead_letter_queue(service);
-    channel
-        .queue_declare(dead_letters.as_str().into(), durable, FieldTable::default())
-        .await?;
-    channel
-        .queue_bind(
-            dead_letters.into(),
-            topology.dead_letter_exchange().into(),
-            routing_key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    for spec in service_queues(topology, service) {
+        declare_spec(channel, &spec).await?;
+    }
     Ok(())
+}
+
+/// What [`ensure_service_queues`] found.
+#[derive(Clone, Debug, Default)]
+pub struct DeclaredQueues {
+    /// Queues known to count deliveries (declared here as quorum queues).
+    counting: Vec<String>,
+}
+
+impl DeclaredQueues {
+    /// Whether deliveries from `queue` carry a trustworthy `x-delivery-count`.
+    pub fn counts_deliveries(&self, queue: &str) -> bool {
+        self.counting.iter().any(|q| q == queue)
+    }
+}
+
+/// Declares one service's queues for a worker, tolerating queues that an older version
+/// declared with other arguments (a classic reply queue, a retry queue with a fixed TTL): the
+/// broker refuses such a re-declare with PRECONDITION_FAILED, which would otherwise make every
+/// reconnect fail. Such a queue is used as it is, with a warning that says how to migrate it;
+/// it is not trusted to count deliveries. Each queue gets a channel of its own, because a
+/// refused declare closes its channel.
+pub async fn ensure_service_queues(
+    connection: &Connection,
+    topology: &Topology,
+    service: Service,
+) -> Result<DeclaredQueues, BrokerError> {
+    let channel = connection.create_channel().await?;
+    declare_exchanges(&channel, topology).await?;
+    let _ = channel.close(200, "declared".into()).await;
+    let mut declared = DeclaredQueues::default();
+    for spec in service_queues(topology, service) {
+        let channel = connection.create_channel().await?;
+        match declare_spec(&channel, &spec).await {
+            Ok(()) => {
+                let _ = channel.close(200, "declared".into()).await;
+                if spec.quorum {
+                    declared.counting.push(spec.name.clone());
+                }
+            }
+            Err(error) if is_precondition_failed(&error) => {
+                // Exists, with the arguments of an older version: make sure it is there and
+                // bound, and carry on with it.
+                inspect_queue(connection, &spec.name).await?;
+                if let Some((exchange, key)) = &spec.bind {
+                    let channel = connection.create_channel().await?;
+                    channel
+                        .queue_bind(
+                            spec.name.as_str().into(),
+                            exchange.as_str().into(),
+                            key.as_str().into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    let _ = channel.close(200, "bound".into()).await;
+                }
+                tracing::warn!(
+                    queue = %spec.name,
+                    %error,
+                    "queue exists with the arguments of an older version; using it as it is \
+                     (its deliveries are not counted, so a panic dead-letters at once). To \
+                     migrate: stop its senders, let it drain, delete it, and restart a worker"
+                );
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(declared)
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
 }
 
 /// Where the broker sends a queue's expired or rejected messages.
@@ -394,4 +499,284 @@ pub async fn publish_message(
         properties(message),
     )
     .await
+}
+
+/// Starts consuming `queue` with manual acks under consumer tag `tag`.
+pub async fn consume(
+    channel: &Channel,
+    queue: &str,
+    tag: &str,
+) -> Result<lapin::Consumer, BrokerError> {
+    Ok(channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+/// Where a worker's settlements go, besides the delivery's own channel.
+pub struct SettleRoute<'a> {
+    pub publisher: &'a Channel,
+    pub topology: &'a Topology,
+    pub service: Service,
+    /// The queue the delivery came from, recorded on its dead letter.
+    pub queue: &'a str,
+    /// This replica, recorded on dead letters.
+    pub replica: &'a str,
+}
+
+/// Carries a [`Settlement`] out: the one place where a worker's delivery is acked, nacked,
+/// parked in the retry queue or dead-lettered. `reply` runs where the sender is due an answer
+/// (after a dead letter is confirmed, so a sender never hears of a message that could still
+/// be redelivered; before the ack). `body` is the delivery's body (a retry carries it as it is),
+/// `dead_letter_body` the body as operators may see it (secrets redacted). An error means the settlement did not happen and the delivery is not
+/// acked: settle it again (`Failure::NotSettled`).
+pub async fn carry_out(
+    delivery: &Delivery,
+    settlement: &Settlement,
+    route: &SettleRoute<'_>,
+    body: &[u8],
+    dead_letter_body: &[u8],
+    reply: impl Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    match settlement {
+        Settlement::Ack | Settlement::Refuse { .. } => reply.await,
+        Settlement::Retry { round, delay } => {
+            let mut table = delivery.properties.headers().clone().unwrap_or_default();
+            table.insert(
+                headers::RETRY_COUNT.into(),
+                AMQPValue::LongLongInt(i64::from(*round)),
+            );
+            // The delay travels with the message, not as a queue argument: a policy change
+            // never changes the queue.
+            let properties = delivery
+                .properties
+                .clone()
+                .with_headers(table)
+                .with_expiration(delay.as_millis().to_string().into());
+            publish_confirmed(
+                route.publisher,
+                "",
+                &route.topology.retry_queue(route.service),
+                body,
+                properties,
+            )
+            .await?;
+        }
+        Settlement::DeadLetter { code, reason } => {
+            let mut table = delivery
+                .properties
+                .headers()
+                .clone()
+                .unwrap_or_default()
+                .inner()
+                .clone();
+            // A dead letter is read by operators: it must not carry a usable session token.
+            table.remove(TOKEN_HEADER);
+            for (name, value) in [
+                (headers::DEAD_LETTER_CODE, *code),
+                (headers::DEAD_LETTER_REASON, reason.as_str()),
+                (headers::ORIGINAL_QUEUE, route.queue),
+                (headers::HANDLED_BY, route.replica),
+            ] {
+                // Reasons can quote user input; keep them to a readable size.
+                let value: String = value.chars().take(1000).collect();
+                table.insert(
+                    name.into(),
+                    AMQPValue::LongString(value.into_bytes().into()),
+                );
+            }
+            publish_confirmed(
+                route.publisher,
+                &route.topology.dead_letter_exchange(),
+                route.topology.command_routing_key(route.service),
+                dead_letter_body,
+                delivery.properties.clone().with_headers(table.into()),
+            )
+            .await?;
+            reply.await;
+        }
+        Settlement::Requeue => {
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await?;
+            return Ok(());
+        }
+    }
+    delivery.acker.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}
+
+/// How often the broker handed this delivery out before and had it returned: a quorum queue's
+/// `x-delivery-count` (absent on a first delivery).
+pub fn redeliveries(delivery: &Delivery) -> u32 {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|t| t.inner().get("x-delivery-count").map(header_value))
+        .and_then(|v| match v {
+            HeaderValue::Int(n) => u32::try_from(n).ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// Acks one delivery by tag on `channel` (the client's dead-letter re-drive).
+pub async fn ack(channel: &Channel, delivery_tag: u64) -> Result<(), BrokerError> {
+    channel
+        .basic_ack(delivery_tag, BasicAckOptions::default())
+        .await?;
+    Ok(())
+}
+
+/// An open private queue and its consumer: named by the broker, exclusive to one connection
+/// and deleted with it, consumed without acks. Clients read their replies and tailed events
+/// from one, so nothing a client abandons piles up on the broker. It must never carry a
+/// service's work: without acks a message is gone once delivered, which is right only for a
+/// reader that can ask again.
+pub struct PrivateQueue {
+    /// The server-chosen name (`amq.gen-…`), e.g. for `reply_to`.
+    pub name: String,
+    /// The channel it lives on; closing it ends the consumer.
+    pub channel: Channel,
+    /// Its deliveries, already settled (no acks).
+    pub consumer: lapin::Consumer,
+}
+
+/// Declares a private queue on a new channel of `connection` and consumes it (no acks) as
+/// `tag`; [`bind_to_events`] on its channel adds event patterns.
+pub async fn open_private_queue(
+    connection: &Connection,
+    tag: &str,
+) -> Result<PrivateQueue, BrokerError> {
+    let channel = connection.create_channel().await?;
+    let name = declare_private_queue(&channel)
+        .await?
+        .name()
+        .as_str()
+        .to_owned();
+    let consumer = consume_unacked(&channel, &name, tag).await?;
+    Ok(PrivateQueue {
+        name,
+        channel,
+        consumer,
+    })
+}
+
+
+/// A server-named, exclusive, auto-deleted queue: it vanishes with its connection, so an
+/// abandoned client's replies or event tail never pile up on the broker.
+pub async fn declare_private_queue(channel: &Channel) -> Result<lapin::Queue, BrokerError> {
+    Ok(channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+/// Binds `queue` to the events exchange for event types matching `pattern`.
+pub async fn bind_to_events(
+    channel: &Channel,
+    topology: &Topology,
+    queue: &str,
+    pattern: &str,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            topology.events_exchange().into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Consumes `queue` without acks (the broker forgets a message once sent): for a client's
+/// private queues, whose messages nobody else could take anyway.
+pub async fn consume_unacked(
+    channel: &Channel,
+    queue: &str,
+    tag: &str,
+) -> Result<lapin::Consumer, BrokerError> {
+    Ok(channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+/// A dead letter's properties for its re-drive: the original message's, without what
+/// dead-lettering, retries and the broker's bookkeeping added, with `token` (if any) as its
+/// session token.
+pub fn redrive_properties(properties: &BasicProperties, token: Option<&str>) -> BasicProperties {
+    let mut table = properties
+        .headers()
+        .clone()
+        .unwrap_or_default()
+        .inner()
+        .clone();
+    table.retain(|name, _| {
+        let name = name.as_str();
+        ![
+            headers::DEAD_LETTER_CODE,
+            headers::DEAD_LETTER_REASON,
+            headers::ORIGINAL_QUEUE,
+            headers::HANDLED_BY,
+            headers::RETRY_COUNT,
+            TOKEN_HEADER,
+            // The broker's own dead-lettering and quorum-queue bookkeeping.
+            "x-death",
+            "x-delivery-count",
+        ]
+        .contains(&name)
+            && !name.starts_with("x-first-death-")
+            && !name.starts_with("x-last-death-")
+    });
+    if let Some(token) = token {
+        table.insert(
+            TOKEN_HEADER.into(),
+            AMQPValue::LongString(token.as_bytes().to_vec().into()),
+        );
+    }
+    properties.clone().with_headers(table.into())
+}
+
+/// Properties for a delayed message: a contract message that the delay queue holds for `delay`.
+pub fn delayed_properties(message: &OutgoingMessage, delay: Duration) -> BasicProperties {
+    properties(message).with_expiration(delay.as_millis().to_string().into())
+}
+
+/// A durable queue bound to every event on the events exchange: an auditor's tap that must not
+/// miss an event even across a broker restart (the chaos checks).
+pub async fn declare_event_tap(
+    channel: &Channel,
+    topology: &Topology,
+    queue: &str,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_declare(queue.into(), durable(), FieldTable::default())
+        .await?;
+    bind_to_events(channel, topology, queue, "#").await
 }

@@ -200,6 +200,45 @@ pub struct Config {
     /// How long the order saga waits for catalog and payments before cancelling an order.
     pub saga_timeout: Duration,
     pub payments: PaymentSettings,
+    /// How failures are retried and when they are given up on (see [`RetryPolicy`]).
+    pub retry: RetryPolicy,
+}
+
+/// How the worker retries what failed and when it gives up: one value, read by the one
+/// settlement function (`runtime::settle`). No queue argument depends on it — the retry
+/// delay travels on each retried message as its `expiration` — so changing it is a restart
+/// with other environment variables, never a re-declare the broker refuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in the worker, with [`RetryPolicy::in_process_backoff`] between them, before
+    /// a transient failure goes to the retry queue.
+    pub in_process_attempts: u32,
+    /// The first pause between in-process attempts; it doubles, up to one second.
+    pub in_process_backoff: Duration,
+    /// Rounds through the retry queue before a transient failure is dead-lettered.
+    pub max_rounds: u32,
+    /// How long a retried message waits in the retry queue (its per-message expiration).
+    /// The same for every message of a policy, so the queue stays first-in first-out.
+    pub retry_delay: Duration,
+    /// Deliveries of a message whose handler panicked (it is requeued, and the quorum
+    /// queue counts it) before the worker dead-letters it with the panic as reason. At most
+    /// the queues' own backstop, `broker::QUEUE_DELIVERY_LIMIT`.
+    pub delivery_limit: u32,
+    /// Immediate re-decides after version conflicts before a command counts as transient.
+    pub max_conflict_retries: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            in_process_attempts: 3,
+            in_process_backoff: Duration::from_millis(50),
+            max_rounds: 10,
+            retry_delay: Duration::from_secs(1),
+            delivery_limit: 5,
+            max_conflict_retries: 20,
+        }
+    }
 }
 
 /// The keys for session tokens. Every service needs the public key to verify tokens; only
@@ -269,11 +308,13 @@ impl Config {
             auth: AuthKeys::default(),
             saga_timeout: Duration::from_secs(10),
             payments: PaymentSettings::default(),
+            retry: RetryPolicy::default(),
         }
     }
 
     /// Reads `AMQP_URL`, `DATABASE_URL`, `EVENTLINE_NAMESPACE`, `EVENTLINE_REPLICA`,
-    /// `EVENTLINE_PREFETCH` and `EVENTLINE_DB_CONNECTIONS`, each with a local default.
+    /// `EVENTLINE_PREFETCH`, `EVENTLINE_DB_CONNECTIONS` and the `EVENTLINE_RETRY_*`
+    /// policy, each with a local default.
     pub fn from_env() -> Result<Self, ConfigError> {
         let var = |name: &'static str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let namespace = match var("EVENTLINE_NAMESPACE") {
@@ -325,8 +366,39 @@ impl Config {
                 name, default, 0, 86_400_000,
             )?)))
         };
+        let defaults = RetryPolicy::default();
+        let retry = RetryPolicy {
+            in_process_attempts: number(
+                "EVENTLINE_RETRY_IN_PROCESS_ATTEMPTS",
+                defaults.in_process_attempts,
+                1,
+                100,
+            )?,
+            in_process_backoff: millis(
+                "EVENTLINE_RETRY_BACKOFF_MS",
+                defaults.in_process_backoff.as_millis() as u32,
+            )?,
+            max_rounds: number("EVENTLINE_RETRY_MAX_ROUNDS", defaults.max_rounds, 0, 1000)?,
+            retry_delay: millis(
+                "EVENTLINE_RETRY_DELAY_MS",
+                defaults.retry_delay.as_millis() as u32,
+            )?,
+            delivery_limit: number(
+                "EVENTLINE_RETRY_DELIVERY_LIMIT",
+                defaults.delivery_limit,
+                1,
+                super::broker::QUEUE_DELIVERY_LIMIT,
+            )?,
+            max_conflict_retries: number(
+                "EVENTLINE_RETRY_MAX_CONFLICTS",
+                defaults.max_conflict_retries,
+                0,
+                10_000,
+            )?,
+        };
         Ok(Self {
             auth,
+            retry,
             saga_timeout: millis("EVENTLINE_SAGA_TIMEOUT_MS", 10_000)?,
             payments: PaymentSettings {
                 latency: millis("EVENTLINE_PAYMENT_LATENCY_MS", 0)?,

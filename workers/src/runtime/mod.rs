@@ -1,8 +1,9 @@
 //! The runtime: everything between the wire and a service's pure domain logic.
 //!
 //! Reading order: [`config`] → [`broker`] (names → AMQP) → [`store`] (the log, the inbox) →
-//! [`handler`] / [`aggregate`] (what a service implements) → [`worker`] (the consume loop and the single
-//! place that decides ack, retry or dead-letter) → [`log_reader`] → [`relay`] / [`projection`].
+//! [`handler`] / [`aggregate`] (what a service implements) → [`worker`] (the consume loop) →
+//! [`settle`] (the one decision: ack, retry, requeue or dead-letter; `broker::carry_out` carries
+//! it out) → [`log_reader`] → [`relay`] / [`projection`].
 
 pub mod aggregate;
 pub mod backoff;
@@ -12,7 +13,9 @@ pub mod db_roles;
 pub mod handler;
 pub mod log_reader;
 pub mod projection;
+pub mod redact;
 pub mod relay;
+pub mod settle;
 pub mod shutdown;
 pub mod state_cache;
 pub mod store;
@@ -20,6 +23,6 @@ pub mod token;
 pub mod worker;
 
 pub use aggregate::{Aggregate, AggregateHandler, RejectionReason, State};
-pub use config::{Config, ConfigError, SecretUrl};
+pub use config::{Config, ConfigError, RetryPolicy, SecretUrl};
 pub use handler::{Context, Dispatch, Handled, Handler, HandlerError};
 pub use shutdown::Shutdown;

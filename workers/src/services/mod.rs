@@ -61,7 +61,7 @@ pub async fn run(service: Service, config: Config, store: EventStore, shutdown: 
                 CommandWorker::new(config.clone(), store.clone(), orders::OrdersQueries)
                     .run(shutdown.clone()),
             );
-            let handler = AggregateHandler::<orders::Order>::default();
+            let handler = orders::OrdersHandler::default();
             tasks.spawn(CommandWorker::new(config, store, handler).run(shutdown));
         }
         Service::Payments => {

@@ -14,6 +14,7 @@
 //! step by its causation id. The timer is a message waiting in RabbitMQ, so it survives any
 //! worker's restart. The saga is pure: [`Order::decide`] and [`Order::dispatch`] do no I/O.
 
+pub mod cards;
 pub mod projection;
 pub mod queries;
 #[cfg(test)]
@@ -32,6 +33,7 @@ use eventline_events::{CorrelationId, MessageId, Reply, Service};
 use crate::runtime::token::TokenError;
 use crate::runtime::{Aggregate, Context, Dispatch, RejectionReason, State};
 
+pub use cards::OrdersHandler;
 pub use projection::OrdersProjection;
 pub use queries::OrdersQueries;
 
@@ -79,7 +81,6 @@ pub struct Placed {
     pub order_id: OrderId,
     pub customer_id: UserId,
     pub lines: Vec<Line>,
-    pub card: CardToken,
     pub status: Status,
     pub payment_requested: Option<Money>,
 }
@@ -146,7 +147,6 @@ impl State for Order {
                         unit_price: None,
                     })
                     .collect(),
-                card: e.card.clone(),
                 status: Status::Reserving,
                 payment_requested: None,
             });
@@ -208,7 +208,6 @@ impl Aggregate for Order {
                             order_id: c.order_id,
                             customer_id: customer.user_id,
                             lines: c.lines.clone(),
-                            card: c.card.clone(),
                         }
                         .into(),
                     ]),
@@ -283,17 +282,9 @@ impl Aggregate for Order {
                 );
                 out
             }
-            OrdersEvent::PaymentRequested(e) => vec![Dispatch::command(
-                Service::Payments,
-                step_id(id, "charge"),
-                correlation,
-                ctx.metadata,
-                &eventline_events::payments::PaymentsCommand::from(ChargePayment {
-                    order_id: id,
-                    amount: e.amount,
-                    card: order.card.clone(),
-                }),
-            )],
+            // The charge needs the card, which no event carries: [`OrdersHandler`] reads it
+            // from the service's private table and dispatches [`charge`].
+            OrdersEvent::PaymentRequested(_) => vec![],
             OrdersEvent::OrderConfirmed(_) => per_line("commit", &|l| {
                 CommitReservation {
                     product_id: l.product_id.clone(),
@@ -403,6 +394,21 @@ fn on_reply(order: &Placed, reply: &Reply, ctx: &Context<'_>) -> Vec<OrdersEvent
         // compensations whose success the saga does not wait for.
         (Step::Other, _) => vec![],
     }
+}
+
+/// The saga's charge step: asks payments to charge `amount` to `card` for the order.
+pub fn charge(order_id: OrderId, amount: Money, card: CardToken, ctx: &Context<'_>) -> Dispatch {
+    Dispatch::command(
+        Service::Payments,
+        step_id(order_id, "charge"),
+        CorrelationId::from_uuid(order_id.as_uuid()),
+        ctx.metadata,
+        &eventline_events::payments::PaymentsCommand::from(ChargePayment {
+            order_id,
+            amount,
+            card,
+        }),
+    )
 }
 
 fn cancel(order_id: OrderId, code: &str, reason: String) -> OrdersEvent {
