@@ -89,7 +89,6 @@ fn placed(lines: &[(&str, u32)]) -> OrdersEvent {
         order_id: order_id(),
         customer_id: customer(),
         lines: order_lines(lines),
-        card: card(),
     }
     .into()
 }
@@ -442,10 +441,20 @@ impl Then {
         let ctx = self.ctx.ctx();
         let mut state = self.order;
         let mut dispatched = Vec::new();
-        // As `AggregateHandler` does: each event applied, then its dispatches taken.
+        // As `OrdersHandler` does: each event applied, then its dispatches taken; a payment
+        // request is charged with the card the order was placed with (kept out of the events,
+        // in the service's private table).
         for event in &events {
             state.apply(event);
             dispatched.extend(state.dispatch(event, &ctx));
+            if let OrdersEvent::PaymentRequested(requested) = event {
+                dispatched.push(super::charge(
+                    requested.order_id,
+                    requested.amount,
+                    card(),
+                    &ctx,
+                ));
+            }
         }
         let sent: Vec<Sent> = dispatched
             .into_iter()
