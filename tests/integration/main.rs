@@ -16,5 +16,6 @@ mod least_privilege;
 mod load;
 mod poison;
 mod python_client;
+mod readers;
 mod relay;
 mod saga;

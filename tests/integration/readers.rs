@@ -1,0 +1,177 @@
+//! The log's readers (relay, projections) never wait on a transaction they do not own: a
+//! transaction held open elsewhere on the server, or a slow payment, delays no committed event.
+
+use std::time::{Duration, Instant};
+
+use eventline::client::parse_order;
+use eventline_events::Service;
+use eventline_events::auth::Role;
+use eventline_workers::runtime::relay::RelayProgress;
+use eventline_workers::runtime::{SecretUrl, store};
+use sqlx::Connection;
+use tokio::sync::watch;
+
+use crate::relay::{open_append, position_of};
+use crate::support::{PATIENCE, TestSystem, eventually};
+
+/// How long after its commit a committed event may take to reach the events exchange. Not a
+/// speed claim: the stalls this guards against lasted as long as the foreign transaction
+/// (seconds); a reader that does not wait on it publishes within a few polls.
+const MAX_LAG: Duration = Duration::from_secs(1);
+
+/// A transaction in another database of the same server, holding a transaction id — what an
+/// operator's forgotten `psql` session or a `pg_dump` does. It holds back the server-wide
+/// `xmin` for as long as it stays open.
+struct ForeignTransaction {
+    conn: sqlx::PgConnection,
+    url: SecretUrl,
+}
+
+impl ForeignTransaction {
+    async fn open(system: &TestSystem) -> Self {
+        let name = format!(
+            "{}_elsewhere",
+            system.config.database_url.database_name().unwrap()
+        );
+        let url = system.config.database_url.with_path(&name);
+        store::create_database_if_missing(&url).await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(url.expose()).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let xmin: String =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+                .fetch_one(system.store.pool())
+                .await
+                .unwrap();
+        assert!(
+            xmin.parse::<u64>().unwrap() <= xid.parse::<u64>().unwrap(),
+            "the foreign transaction {xid} holds back our snapshots' xmin ({xmin})"
+        );
+        Self { conn, url }
+    }
+
+    async fn close(mut self) {
+        sqlx::query("ROLLBACK").execute(&mut self.conn).await.unwrap();
+        let _ = self.conn.close().await;
+        store::drop_database(&self.url).await.unwrap();
+    }
+}
+
+/// Waits until the relay has published `position`; returns how long after `committed` that was.
+async fn published_after(
+    progress: &mut watch::Receiver<RelayProgress>,
+    position: i64,
+    committed: Instant,
+) -> Duration {
+    let reached = tokio::time::timeout(
+        PATIENCE,
+        progress.wait_for(|p| p.published_through >= position),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let lag = committed.elapsed();
+    match reached {
+        true => lag,
+        false => panic!(
+            "position {position} was not published {lag:?} after its commit; the relay had \
+             published through {}",
+            progress.borrow().published_through
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_open_in_another_database_delays_no_committed_event() {
+    let mut system = TestSystem::start().await;
+    let mut progress = system.start_relay();
+    let foreign = ForeignTransaction::open(&system).await;
+    // A position burnt in our log while the foreign transaction is open: a reader that skips
+    // holes only once the server-wide xmin has passed them waits for the foreign transaction.
+    let doomed = open_append(&system, "doomed").await;
+    doomed.rollback().await.unwrap();
+
+    let mut lags = Vec::new();
+    for i in 0..5 {
+        let stream = format!("after-{i}");
+        let tx = open_append(&system, &stream).await;
+        tx.commit(&serde_json::Value::Null, &serde_json::json!([]))
+            .await
+            .unwrap();
+        let committed = Instant::now();
+        let position = position_of(&system, &stream).await;
+        lags.push(published_after(&mut progress, position, committed).await);
+    }
+    foreign.close().await;
+    let worst = lags.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst <= MAX_LAG,
+        "with a transaction open in another database, committed events reached the exchange \
+         up to {worst:?} after their commit (relay lags: {lags:?})"
+    );
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_payment_delays_no_unrelated_order_event() {
+    let mut system = TestSystem::start().await;
+    for service in Service::ALL {
+        system.start_service(service, &format!("{service}-1"));
+    }
+    system.start_relay();
+    for service in Service::ALL {
+        system.wait_for_consumers(service, 1).await;
+    }
+    system.add_product("tea", 100).await;
+    let token = system.token(Role::Customer, Duration::from_secs(600));
+    let shopper = system.client_with_token(Some(token.clone())).await;
+    let slow_shopper = system.client_with_token(Some(token)).await;
+    let slow = parse_order(&["tea:1".to_owned()], "tok_slow").unwrap();
+    let slow_order = tokio::spawn(async move { slow_shopper.place_order(&slow, PATIENCE).await });
+    eventually("the slow order's charge to reach the provider", || async {
+        let n = system
+            .count("SELECT count(*) FROM event_log WHERE event_type = 'orders.payment_requested'")
+            .await;
+        if n == 1 { Ok(()) } else { Err(format!("{n} payment requests")) }
+    })
+    .await;
+    // And a burnt position while the slow charge is at the provider.
+    let doomed = open_append(&system, "doomed").await;
+    doomed.rollback().await.unwrap();
+
+    let mut lags = Vec::new();
+    for _ in 0..3 {
+        let order = parse_order(&["tea:1".to_owned()], "tok_visa").unwrap();
+        let order_id = order.order_id;
+        // Committed = visible in the log; the outcome arrives through the events exchange.
+        let sql = format!(
+            "SELECT count(*) FROM event_log WHERE event_type = 'orders.order_confirmed' \
+             AND data ->> 'order_id' = '{order_id}'"
+        );
+        let committed = async {
+            eventually("the order's confirmation in the log", || async {
+                match system.count(&sql).await {
+                    1 => Ok(()),
+                    n => Err(format!("{n} rows")),
+                }
+            })
+            .await;
+            Instant::now()
+        };
+        let (outcome, committed) = tokio::join!(shopper.place_order(&order, PATIENCE), committed);
+        let outcome = outcome.expect("an outcome");
+        assert_eq!(outcome.status, "confirmed", "{outcome}");
+        lags.push(committed.elapsed());
+    }
+    let worst = lags.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst <= MAX_LAG,
+        "while a tok_slow payment was at the provider, unrelated orders' confirmations reached \
+         the events exchange up to {worst:?} after their commit (lags: {lags:?})"
+    );
+    let slow = slow_order.await.unwrap().expect("the slow order's outcome");
+    assert_eq!(slow.status, "confirmed", "{slow}");
+    system.stop().await;
+}
