@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use eventline::client::parse_order;
-use eventline_events::Service;
 use eventline_events::auth::Role;
+use eventline_events::{Metadata, Service};
+use eventline_workers::runtime::SecretUrl;
 use eventline_workers::runtime::relay::RelayProgress;
-use eventline_workers::runtime::{SecretUrl, store};
+use eventline_workers::runtime::store::{self, Claim};
 use sqlx::Connection;
 use tokio::sync::watch;
 
@@ -183,6 +184,53 @@ async fn a_slow_payment_delays_no_unrelated_order_event() {
     assert!(
         ["confirmed", "cancelled"].contains(&slow.status.as_str()),
         "{slow}"
+    );
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_transaction_left_open_by_a_worker_is_ended_by_the_database() {
+    let system = TestSystem::start().await;
+    let Claim::New(mut tx) = system
+        .store
+        .begin_command("test.idle", &Metadata::origin("test.idle"), "test")
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh message id was a duplicate");
+    };
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(tx.conn())
+        .await
+        .unwrap();
+    // Nothing more is sent: the transaction idles, as one waiting on the outside world would.
+    eventually("the database to end a transaction left idle", || async {
+        let open = system
+            .count(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+            ))
+            .await;
+        if open == 0 {
+            Ok(())
+        } else {
+            Err(format!("backend {pid} still open"))
+        }
+    })
+    .await;
+    let error = tx
+        .commit(&serde_json::Value::Null, &serde_json::json!([]))
+        .await
+        .expect_err("a transaction the database ended cannot commit");
+    assert!(
+        !error.to_string().is_empty(),
+        "the commit failed with an error that says why"
+    );
+    let claimed = system
+        .count("SELECT count(*) FROM processed_messages WHERE consumer = 'test.idle'")
+        .await;
+    assert_eq!(
+        claimed, 0,
+        "the idle transaction's inbox claim was rolled back"
     );
     system.stop().await;
 }

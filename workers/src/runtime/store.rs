@@ -118,9 +118,11 @@ impl EventStore {
                 url: url.to_string(),
                 source,
             })?;
-        // An abandoned transaction would hold back the relay and projections (they wait until
-        // every older transaction ended), so the database ends any that idles for long.
-        let options = options.options([("idle_in_transaction_session_timeout", "60s")]);
+        // No transaction of ours waits on anything but the database (external calls happen
+        // outside, see `Handler::outside`), and an abandoned one holds locks and the log's
+        // append lock (readers wait for its holders), so the database ends any that idles
+        // in a transaction for long. The worker's own bound is tighter (`MAX_TRANSACTION`).
+        let options = options.options([("idle_in_transaction_session_timeout", "10s")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))

@@ -44,7 +44,10 @@ use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 use super::backoff::Backoff;
 use super::broker::{self, BrokerError};
 use super::config::Config;
-use super::handler::{Context, Destination, Dispatch, Handled, Handler, HandlerError, Input};
+use super::handler::{
+    Context, Destination, Dispatch, Handled, Handler, HandlerError, Input, MAX_TRANSACTION,
+    transaction_too_long,
+};
 use super::shutdown::Shutdown;
 use super::store::{BatchClaim, Claim, EventStore, StoreError};
 use super::token::{self, Principal, TokenError};
@@ -436,11 +439,12 @@ impl<H: Handler> CommandWorker<H> {
         let (indexes, batch): (Vec<usize>, Vec<(Context<'_>, &H::Command)>) =
             new.into_iter().unzip();
         let span = info_span!("batch", service = %H::SERVICE, size = batch.len());
-        let handled = match self
-            .handler
-            .handle_batch(&mut tx, &batch)
-            .instrument(span)
-            .await
+        let handled = match tokio::time::timeout(
+            MAX_TRANSACTION,
+            self.handler.handle_batch(&mut tx, &batch).instrument(span),
+        )
+        .await
+        .unwrap_or_else(|_| Err(transaction_too_long()))
         {
             Ok(handled) if handled.len() == batch.len() && tx.usable() => handled,
             Ok(_) => {
@@ -495,6 +499,8 @@ impl<H: Handler> CommandWorker<H> {
         ctx: &Context<'_>,
         command: &H::Command,
     ) -> Result<Outcome, HandlerError> {
+        // No transaction is open here: the handler's calls to the outside world go now.
+        self.handler.outside(&self.store, ctx, command).await?;
         let mut conflicts = 0;
         loop {
             let mut tx = match self
@@ -508,7 +514,13 @@ impl<H: Handler> CommandWorker<H> {
                     return Ok(duplicate(reply, outputs));
                 }
             };
-            let handled = match self.handler.handle(&mut tx, ctx, command).await {
+            let handled = match tokio::time::timeout(
+                MAX_TRANSACTION,
+                self.handler.handle(&mut tx, ctx, command),
+            )
+            .await
+            .unwrap_or_else(|_| Err(transaction_too_long()))
+            {
                 Ok(handled) => handled,
                 Err(error) => {
                     // Roll back now, not when the pooled connection is next used: an open

@@ -57,16 +57,22 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 /// The same key twice gets the same answer, and a repeated capture charges once.
 pub async fn an_idempotency_key_is_charged_once<P: PaymentProvider>(p: &P, cards: TestCards) {
     let order = OrderId::new();
-    let first = within("authorize", p.authorize(order, amount(), &card(cards.approved)))
-        .await
-        .expect("an answer");
+    let first = within(
+        "authorize",
+        p.authorize(order, amount(), &card(cards.approved)),
+    )
+    .await
+    .expect("an answer");
     let Authorization::Approved { .. } = &first else {
         panic!("{} was not approved: {first:?}", cards.approved);
     };
     within("capture", p.capture(order, amount())).await.unwrap();
-    let again = within("authorize", p.authorize(order, amount(), &card(cards.approved)))
-        .await
-        .expect("an answer");
+    let again = within(
+        "authorize",
+        p.authorize(order, amount(), &card(cards.approved)),
+    )
+    .await
+    .expect("an answer");
     within("capture", p.capture(order, amount())).await.unwrap();
     assert_eq!(again, first, "the same key got a different answer");
     assert_eq!(
@@ -106,7 +112,11 @@ pub async fn a_transient_failure_is_retryable_and_charges_nothing<P: PaymentProv
     cards: TestCards,
 ) {
     let order = OrderId::new();
-    let failed = within("authorize", p.authorize(order, amount(), &card(cards.transient))).await;
+    let failed = within(
+        "authorize",
+        p.authorize(order, amount(), &card(cards.transient)),
+    )
+    .await;
     let error = failed.expect_err("the transient card must fail");
     assert!(
         !error.to_string().contains(cards.transient) || cards.transient.starts_with("tok_"),
@@ -124,7 +134,10 @@ pub async fn a_slow_answer_is_the_right_answer<P: PaymentProvider>(p: &P, cards:
     let answer = within("authorize", p.authorize(order, amount(), &card(cards.slow)))
         .await
         .expect("an answer");
-    assert!(matches!(answer, Authorization::Approved { .. }), "{answer:?}");
+    assert!(
+        matches!(answer, Authorization::Approved { .. }),
+        "{answer:?}"
+    );
     within("capture", p.capture(order, amount())).await.unwrap();
     let retried = within("authorize", p.authorize(order, amount(), &card(cards.slow)))
         .await
@@ -137,9 +150,12 @@ pub async fn a_slow_answer_is_the_right_answer<P: PaymentProvider>(p: &P, cards:
 /// no-ops; a refund before the charge's authorization leaves nothing captured after it.
 pub async fn a_refund_returns_the_charge_once<P: PaymentProvider>(p: &P, cards: TestCards) {
     let order = OrderId::new();
-    within("authorize", p.authorize(order, amount(), &card(cards.approved)))
-        .await
-        .unwrap();
+    within(
+        "authorize",
+        p.authorize(order, amount(), &card(cards.approved)),
+    )
+    .await
+    .unwrap();
     within("capture", p.capture(order, amount())).await.unwrap();
     within("refund", p.refund(order)).await.unwrap();
     within("refund", p.refund(order)).await.unwrap();
