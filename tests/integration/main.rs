@@ -15,6 +15,7 @@ mod errors;
 mod least_privilege;
 mod load;
 mod poison;
+mod projections;
 mod python_client;
 mod readers;
 mod relay;
