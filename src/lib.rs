@@ -11,6 +11,7 @@ pub mod broker_users;
 pub mod chaos;
 pub mod client;
 pub mod demo;
+pub mod projections;
 pub mod supervisor;
 pub mod trace;
 

@@ -154,6 +154,9 @@ enum Command {
     /// command was lost or applied twice, and print a table. Needs root for the broker and
     /// database faults; restores their defaults when done.
     Chaos(eventline::chaos::ChaosOptions),
+    /// Read models: check them against the log, or rebuild one without downtime.
+    #[command(subcommand)]
+    Projections(eventline::projections::ProjectionsAction),
 }
 
 #[derive(Subcommand)]
@@ -554,6 +557,10 @@ async fn run() -> anyhow::Result<()> {
             println!("{}", token::sign(&claims, &signing.0));
         }
         Command::Demo(options) => eventline::demo::run(config, options).await?,
+        Command::Projections(action) => {
+            let store = EventStore::connect(&config.database_url, 2).await?;
+            eventline::projections::run(&store, action).await?;
+        }
         Command::Chaos(options) => {
             let rows = eventline::chaos::run(config, options).await?;
             if cli.json {
