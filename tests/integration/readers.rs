@@ -234,3 +234,52 @@ async fn a_transaction_left_open_by_a_worker_is_ended_by_the_database() {
     );
     system.stop().await;
 }
+
+#[tokio::test]
+async fn a_raw_insert_outside_the_store_is_never_skipped_while_it_may_commit() {
+    let mut system = TestSystem::start().await;
+    let mut progress = system.start_relay();
+    // A writer that knows nothing of the protocol: a plain INSERT as its transaction's first
+    // statement, held open. The append lock is taken for it by the log's trigger.
+    let mut raw = sqlx::PgConnection::connect(system.config.database_url.expose())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut raw).await.unwrap();
+    let raw_position: i64 = sqlx::query_scalar(
+        "INSERT INTO event_log (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
+         VALUES ('raw', 1, gen_random_uuid(), 'test.raw', 1, '{}', \
+                 jsonb_build_object('correlation_id', gen_random_uuid(), 'causation_id', gen_random_uuid(), 'recorded_by', 'raw')) \
+         RETURNING position",
+    )
+    .fetch_one(&mut raw)
+    .await
+    .unwrap();
+    let later = open_append(&system, "later").await;
+    later
+        .commit(&serde_json::Value::Null, &serde_json::json!([]))
+        .await
+        .unwrap();
+    let later_position = position_of(&system, "later").await;
+    assert!(raw_position < later_position);
+    // Several complete polls of the relay while the raw row is uncommitted.
+    let target = progress.borrow().polls + 5;
+    let seen = *progress.wait_for(|p| p.polls >= target).await.unwrap();
+    assert!(
+        seen.published_through < raw_position,
+        "the relay passed position {raw_position} while its writer could still commit \
+         (published through {})",
+        seen.published_through
+    );
+    sqlx::query("COMMIT").execute(&mut raw).await.unwrap();
+    let reached = tokio::time::timeout(
+        PATIENCE,
+        progress.wait_for(|p| p.published_through >= later_position),
+    )
+    .await
+    .is_ok();
+    assert!(
+        reached,
+        "the relay never published past the raw row after it committed"
+    );
+    system.stop().await;
+}
