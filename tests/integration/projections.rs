@@ -193,3 +193,76 @@ async fn an_event_the_projection_cannot_apply_poisons_it_with_a_reason() {
     }
     system.stop().await;
 }
+
+#[tokio::test]
+async fn the_products_read_model_equals_the_fold_after_killed_replicas_and_killed_connections() {
+    const RESERVATIONS: i64 = 300;
+    let mut system = TestSystem::start().await;
+    system.start_catalog_worker("setup");
+    system.add_product("tea", 10_000).await;
+    system.stop_workers().await;
+    for name in ["catalog-1", "catalog-2"] {
+        system
+            .processes()
+            .spawn(name, &["worker", "catalog"])
+            .unwrap();
+    }
+    system.wait_for_consumers(Service::Catalog, 2).await;
+    for _ in 0..RESERVATIONS {
+        let message = eventline_events::OutgoingMessage::new(
+            eventline_events::Metadata::origin("catalog.reserve_stock"),
+            &eventline_events::catalog::CatalogCommand::from(
+                eventline_events::catalog::ReserveStock {
+                    product_id: crate::support::product("tea"),
+                    order_id: OrderId::new(),
+                    quantity: eventline_events::values::Quantity::parse(1).unwrap(),
+                },
+            ),
+        );
+        system.client.publish(&message).await.unwrap();
+    }
+    let handled = "SELECT count(*) FROM processed_messages WHERE consumer = 'catalog.commands'";
+    let mut killer = sqlx::PgConnection::connect(system.config.database_url.expose())
+        .await
+        .unwrap();
+    let mut killed = 0;
+    // Rounds of: kill one replica (SIGKILL) and restart it, terminate every connection to this
+    // test's database, until every reservation is handled.
+    for round in 0.. {
+        let n = system.count(handled).await;
+        if n >= RESERVATIONS + 1 {
+            break;
+        }
+        assert!(round < 2000, "only {n} handled after {round} rounds");
+        if round % 3 == 0 {
+            let name = ["catalog-1", "catalog-2"][round % 2];
+            system.processes().kill(name).await;
+            system
+                .processes()
+                .spawn(name, &["worker", "catalog"])
+                .unwrap();
+        }
+        killed += terminate_backends(&mut killer).await;
+        eventually("more reservations handled", || async {
+            let now = system.count(handled).await;
+            if now > n || now >= RESERVATIONS + 1 {
+                Ok(())
+            } else {
+                Err(format!("{now} handled"))
+            }
+        })
+        .await;
+    }
+    assert!(killed > 0, "no backend was terminated");
+    system.wait_for_projection().await;
+    let (products, _) = drift(&system).await;
+    assert!(
+        products.is_exact(),
+        "after killed replicas and {killed} killed connections: {products}"
+    );
+    assert_eq!(
+        system.stock("tea").await,
+        (10_000 - RESERVATIONS, RESERVATIONS, 0)
+    );
+    system.stop().await;
+}
