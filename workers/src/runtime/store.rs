@@ -689,7 +689,8 @@ impl CommandTx {
     }
 
     /// Rolls back now. Dropping a transaction also rolls back, but only when its connection is
-    /// next used; until then it holds back every gap-safe reader (see `log_reader`).
+    /// next used; until then, if it appended, it holds the log's append lock, and a gap-safe
+    /// reader stopped at a hole waits for it (see `log_reader`).
     pub async fn rollback(self) -> Result<(), StoreError> {
         self.tx.rollback().await?;
         Ok(())
