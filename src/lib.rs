@@ -12,6 +12,7 @@ pub mod broker_users;
 pub mod chaos;
 pub mod client;
 pub mod demo;
+pub mod projections;
 pub mod settled;
 pub mod supervisor;
 pub mod trace;

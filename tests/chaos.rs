@@ -101,6 +101,20 @@ async fn dropped_connections_lose_nothing() {
 }
 
 #[tokio::test]
+async fn a_transaction_open_in_another_database_delays_no_event() {
+    let row = run(Scenario::LongTransaction).await;
+    // A reader that waited on the foreign transaction would lag at least as long as it is held.
+    let hold =
+        std::time::Duration::from_millis(ChaosOptions::quick(Scenario::LongTransaction).hold_ms);
+    assert!(
+        row.relay_worst_lag < hold,
+        "the relay lagged {:?} while a transaction was open elsewhere for {hold:?}\n{}",
+        row.relay_worst_lag,
+        chaos::render(std::slice::from_ref(&row))
+    );
+}
+
+#[tokio::test]
 async fn duplicate_and_early_deliveries_apply_once() {
     run(Scenario::Duplicates).await;
 }

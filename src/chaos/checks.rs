@@ -7,8 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use eventline_events::{Metadata, OutgoingMessage, Service, Topology};
+use eventline_workers::runtime::projection;
 use eventline_workers::runtime::store::EventStore;
 use eventline_workers::runtime::{SecretUrl, broker};
+use eventline_workers::services::catalog::ProductsProjection;
+use eventline_workers::services::orders::OrdersProjection;
 use lapin::options::BasicGetOptions;
 
 use crate::client::{Client, EventMessage};
@@ -34,6 +37,8 @@ pub struct Checks {
     pub gapped_streams: i64,
     pub dead_letters: Option<String>,
     pub relay: Option<String>,
+    /// Read models that differ from a fresh fold of the log.
+    pub read_models: Option<String>,
 }
 
 impl Checks {
@@ -67,6 +72,7 @@ impl Checks {
         }
         out.extend(self.dead_letters.clone());
         out.extend(self.relay.clone());
+        out.extend(self.read_models.clone());
         out
     }
 }
@@ -98,6 +104,49 @@ pub async fn wait_until_ended(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Samples, every 100 ms until `done`, the log's end and the relay's checkpoint: the
+/// longest any sampled position waited, from when it was visible until the relay had
+/// published it. Database errors (faults) skip a sample.
+pub async fn relay_worst_lag(store: &EventStore, done: &std::sync::atomic::AtomicBool) -> Duration {
+    let mut pending: std::collections::VecDeque<(Instant, i64)> = Default::default();
+    let mut worst = Duration::ZERO;
+    while !done.load(std::sync::atomic::Ordering::Acquire) || !pending.is_empty() {
+        let sampled = async {
+            let end: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM event_log")
+                .fetch_one(store.pool())
+                .await?;
+            let at = store
+                .checkpoint(eventline_workers::runtime::relay::CHECKPOINT)
+                .await
+                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+            Ok::<_, sqlx::Error>((end, at))
+        }
+        .await;
+        if let Ok((end, at)) = sampled {
+            let now = Instant::now();
+            if pending.back().is_none_or(|(_, p)| *p < end) {
+                pending.push_back((now, end));
+            }
+            while let Some((seen, _)) = pending.front().filter(|(_, p)| *p <= at) {
+                worst = worst.max(now - *seen);
+                pending.pop_front();
+            }
+            if let Some((seen, _)) = pending.front() {
+                worst = worst.max(now - *seen);
+            }
+        }
+        if done.load(std::sync::atomic::Ordering::Acquire)
+            && pending
+                .front()
+                .is_some_and(|(seen, _)| seen.elapsed() > Duration::from_secs(60))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worst
 }
 
 /// The log-level checks.
@@ -184,7 +233,17 @@ pub async fn run(
             "money unbalanced: captured {captured} − refunded {refunded} ≠ confirmed {confirmed}"
         )
     });
+    let mut drifted = Vec::new();
+    let products = projection::verify(&ProductsProjection, store).await?;
+    if !products.is_exact() {
+        drifted.push(format!("catalog_products drifted from the log {products}"));
+    }
+    let orders = projection::verify(&OrdersProjection, store).await?;
+    if !orders.is_exact() {
+        drifted.push(format!("orders_view drifted from the log {orders}"));
+    }
     Ok(Checks {
+        read_models: (!drifted.is_empty()).then(|| drifted.join("; ")),
         lost: usize::try_from(lost).unwrap_or(usize::MAX),
         duplicated: usize::try_from(duplicated).unwrap_or(usize::MAX),
         gapped_streams,

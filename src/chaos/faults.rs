@@ -36,10 +36,14 @@ pub enum Scenario {
     /// Every command is delivered twice, old message ids are replayed, and a step arrives
     /// before the state it depends on.
     Duplicates,
+    /// A transaction held open in another database of the server (an operator's idle
+    /// `psql`, a `pg_dump`), holding a transaction id, while a position is burnt in ours: the
+    /// log's readers must not wait for it (the report shows the relay's worst lag).
+    LongTransaction,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::KillWorkers,
         Scenario::BrokerConnections,
         Scenario::BrokerRestart,
@@ -50,6 +54,7 @@ impl Scenario {
         Scenario::NetStall,
         Scenario::NetDrop,
         Scenario::Duplicates,
+        Scenario::LongTransaction,
     ];
 
     /// Faults that hit the whole broker or database server, not only this scenario's
@@ -76,6 +81,7 @@ impl Scenario {
             Scenario::NetStall => "net-stall",
             Scenario::NetDrop => "net-drop",
             Scenario::Duplicates => "duplicates",
+            Scenario::LongTransaction => "long-transaction",
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct Targets<'a> {
     pub rabbitmq_node: Option<&'a str>,
     /// `version/name` of a Debian PostgreSQL cluster.
     pub pg_cluster: Option<&'a str>,
+    /// The transactions a lasting fault holds open until [`clear`].
+    pub held: &'a tokio::sync::Mutex<Vec<sqlx::PgConnection>>,
 }
 
 /// Starts a fault that lasts until [`clear`]; returns a short description for the log.
@@ -135,6 +143,7 @@ pub async fn inject(scenario: Scenario, targets: &Targets<'_>) -> anyhow::Result
             }
             Ok("reset every connection".into())
         }
+        Scenario::LongTransaction => long_transaction(targets).await,
     }
 }
 
@@ -149,12 +158,17 @@ pub async fn clear(scenario: Scenario, targets: &Targets<'_>) -> anyhow::Result<
             }
             Ok(())
         }
+        Scenario::LongTransaction => {
+            release_held(targets).await;
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
 
 /// Puts the servers back as the machine's defaults have them, whatever state a failed run left.
 pub async fn restore_servers(scenario: Scenario, targets: &Targets<'_>) -> anyhow::Result<()> {
+    release_held(targets).await;
     match scenario {
         Scenario::BrokerRestart => rabbitmqctl(targets, &["start_app"]).await,
         Scenario::BrokerAlarm => restore_memory_watermark(targets).await,
@@ -230,4 +244,43 @@ async fn terminate_backends(admin: &SecretUrl, database: &str) -> anyhow::Result
     .await?;
     let _ = conn.close().await;
     Ok(n)
+}
+
+/// Opens a transaction in the admin database (another database than the scenario's) that
+/// takes a transaction id and stays open until [`clear`], and burns a log position in the
+/// scenario's database (an append rolled back) so its readers meet a hole meanwhile.
+async fn long_transaction(targets: &Targets<'_>) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let mut elsewhere = sqlx::PgConnection::connect(targets.admin_database_url.expose())
+        .await
+        .with_context(|| format!("connecting to {}", targets.admin_database_url))?;
+    sqlx::query("BEGIN").execute(&mut elsewhere).await?;
+    let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut elsewhere)
+        .await?;
+    targets.held.lock().await.push(elsewhere);
+    let ours = targets.admin_database_url.with_path(targets.database);
+    let mut conn = sqlx::PgConnection::connect(ours.expose())
+        .await
+        .with_context(|| format!("connecting to {ours}"))?;
+    sqlx::query("BEGIN").execute(&mut conn).await?;
+    sqlx::query(
+        "INSERT INTO event_log (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
+         VALUES ('chaos.burnt', 1, gen_random_uuid(), 'chaos.burnt', 1, '{}', '{}')",
+    )
+    .execute(&mut conn)
+    .await?;
+    sqlx::query("ROLLBACK").execute(&mut conn).await?;
+    let _ = conn.close().await;
+    Ok(format!(
+        "held transaction {xid} open in another database, burnt a position"
+    ))
+}
+
+async fn release_held(targets: &Targets<'_>) {
+    use sqlx::Connection;
+    for mut conn in targets.held.lock().await.drain(..) {
+        let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+        let _ = conn.close().await;
+    }
 }

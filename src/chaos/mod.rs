@@ -109,6 +109,8 @@ pub struct Row {
     pub longest_recovery: Duration,
     /// From the last fault's end until every accepted order had ended.
     pub settled_after: Duration,
+    /// The longest a committed event waited for the relay during the load (sampled).
+    pub relay_worst_lag: Duration,
     pub checks: Checks,
 }
 
@@ -154,13 +156,13 @@ pub async fn run(base: Config, options: ChaosOptions) -> anyhow::Result<Vec<Row>
 /// The report as a Markdown table.
 pub fn render(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| scenario | faults injected | what happened | commands sent | accepted | lost | duplicated | longest recovery | all ended after | invariants |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|---:|---|\n",
+        "| scenario | faults injected | what happened | commands sent | accepted | lost | duplicated | longest recovery | all ended after | relay worst lag | invariants |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
         let failures = r.checks.failures();
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.1} s | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.1} s | {:.2} s | {} |\n",
             r.scenario,
             r.faults_injected,
             r.evidence,
@@ -170,6 +172,7 @@ pub fn render(rows: &[Row]) -> String {
             r.duplicated,
             r.longest_recovery.as_secs_f64(),
             r.settled_after.as_secs_f64(),
+            r.relay_worst_lag.as_secs_f64(),
             if failures.is_empty() {
                 "all hold".to_owned()
             } else {
@@ -261,6 +264,7 @@ pub async fn run_scenario(
         database: &db_name,
         rabbitmq_node: options.rabbitmq_node.as_deref(),
         pg_cluster: options.pg_cluster.as_deref(),
+        held: &tokio::sync::Mutex::new(Vec::new()),
     };
     let result = system.drive(&mut supervisor, &targets).await;
     // Whatever happened, put the servers back before anything else runs.
@@ -349,7 +353,8 @@ impl System<'_> {
             faults_done.store(true, std::sync::atomic::Ordering::Release);
             result
         };
-        let (answers, faults) = tokio::join!(load, faults);
+        let lag = checks::relay_worst_lag(&self.store, &faults_done);
+        let (answers, faults, relay_worst_lag) = tokio::join!(load, faults, lag);
         let (injected, mut evidence, longest_recovery, faults_cleared) = faults?;
         let reconnections = (targets.amqp.accepted() + targets.postgres.accepted())
             .saturating_sub(connections_at_start);
@@ -398,6 +403,7 @@ impl System<'_> {
             duplicated: checks.duplicated,
             longest_recovery,
             settled_after,
+            relay_worst_lag,
             checks,
         })
     }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::support::{PATIENCE, TestSystem};
 
 /// Opens a transaction that appends one event to `stream` and does not commit it yet.
-async fn open_append(system: &TestSystem, stream: &str) -> CommandTx {
+pub(crate) async fn open_append(system: &TestSystem, stream: &str) -> CommandTx {
     let Claim::New(mut tx) = system
         .store
         .begin_command("test.appender", &Metadata::origin("test.append"), "test")
@@ -42,7 +42,7 @@ async fn open_append(system: &TestSystem, stream: &str) -> CommandTx {
     tx
 }
 
-async fn position_of(system: &TestSystem, stream: &str) -> i64 {
+pub(crate) async fn position_of(system: &TestSystem, stream: &str) -> i64 {
     system
         .count(&format!(
             "SELECT position FROM event_log WHERE stream_id = '{stream}'"

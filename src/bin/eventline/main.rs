@@ -19,6 +19,7 @@ mod migrate;
 mod orders;
 mod place_order;
 mod products;
+mod projections;
 mod query;
 mod relay;
 mod send;
@@ -97,6 +98,9 @@ enum Command {
     /// command was lost or applied twice, and print a table. Needs root for the broker and
     /// database faults; restores their defaults when done.
     Chaos(eventline::chaos::ChaosOptions),
+    /// Read models: check them against the log, or rebuild one without downtime.
+    #[command(subcommand)]
+    Projections(eventline::projections::ProjectionsAction),
 }
 
 /// What every subcommand is given: the configuration from the environment and the global
@@ -175,5 +179,6 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Token(args) => token::run(args, globals),
         Command::Demo(options) => demo::run(options, globals).await,
         Command::Chaos(options) => chaos::run(options, globals).await,
+        Command::Projections(action) => projections::run(action, globals).await,
     }
 }

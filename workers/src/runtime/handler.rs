@@ -15,7 +15,7 @@ use eventline_events::{CausationId, Contract, CorrelationId, MessageId, Metadata
 use serde::{Deserialize, Serialize};
 
 use super::config::Config;
-use super::store::{CommandTx, StoreError};
+use super::store::{CommandTx, EventStore, StoreError};
 use super::token::{Principal, TokenError};
 
 /// What a handler knows about the message besides its body.
@@ -142,6 +142,25 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 
+    /// The part of handling that must run with **no transaction open**: a call to the outside
+    /// world (a payment provider, HTTP). The worker runs it before it claims the message and
+    /// opens the message's transaction, on every attempt and every delivery (a duplicate
+    /// too), so it must be idempotent: record the intent, call keyed by an idempotency key,
+    /// record the answer — each in a short statement of its own on `store` — and let
+    /// [`Handler::handle`] read the answer inside the transaction. Nothing may be awaited
+    /// with a transaction open. Not called for batches: a [`Handler::BATCH`] handler does no
+    /// slow I/O. The default does nothing.
+    fn outside<'a>(
+        &'a self,
+        _store: &'a EventStore,
+        _ctx: &'a Context<'a>,
+        _command: &'a Self::Command,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        async { Ok(()) }
+    }
+
+    /// Decides and records, inside the transaction the runtime opened after the inbox claim.
+    /// Must finish within [`MAX_TRANSACTION`], or the runtime rolls it back.
     fn handle<'a>(
         &'a self,
         tx: &'a mut CommandTx,
@@ -182,6 +201,23 @@ pub trait Handler: Send + Sync + 'static {
             Ok(handled)
         }
     }
+}
+
+/// The longest a handler may keep its message's transaction open. Real ones take
+/// milliseconds; a handler that waits on the outside world inside it (which
+/// [`Handler::outside`] exists to avoid) is rolled back with [`HandlerError::Transient`]
+/// instead of holding locks and the log's append lock. The database enforces the same
+/// bound on every pooled connection (`idle_in_transaction_session_timeout`, see
+/// [`super::store::EventStore::connect_lazy`]).
+pub const MAX_TRANSACTION: Duration = Duration::from_secs(5);
+
+/// The error of a handler that kept its transaction open too long.
+pub fn transaction_too_long() -> HandlerError {
+    HandlerError::Transient(format!(
+        "the handler kept its transaction open longer than {MAX_TRANSACTION:?} and was rolled \
+         back; a handler must not wait on the outside world inside its transaction (use \
+         Handler::outside)"
+    ))
 }
 
 /// Re-decides after version conflicts inside one batch before the batch gives up (and its

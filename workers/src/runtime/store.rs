@@ -1,10 +1,10 @@
 //! The event store: the append-only log, the inbox, and checkpoints, in PostgreSQL.
 //!
 //! Writes happen only inside a [`CommandTx`], which exists only after the command's message
-//! id has been claimed in the inbox. That ordering is load-bearing twice over: the claim makes
-//! redeliveries idempotent, and — being the transaction's first write — it assigns the
-//! transaction id *before* any log position is drawn, which the gap-safe reader relies on
-//! (see [`super::log_reader`]).
+//! id has been claimed in the inbox: the claim makes redeliveries idempotent. Every insert
+//! into the log takes the log's shared append lock before it draws a position (a trigger,
+//! migration 0004), which is what lets the gap-safe reader ([`super::log_reader`]) tell a
+//! permanent hole from a late commit without waiting on anyone else's transactions.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -154,9 +154,11 @@ impl EventStore {
                 url: url.to_string(),
                 source,
             })?;
-        // An abandoned transaction would hold back the relay and projections (they wait until
-        // every older transaction ended), so the database ends any that idles for long.
-        let options = options.options([("idle_in_transaction_session_timeout", "60s")]);
+        // No transaction of ours waits on anything but the database (external calls happen
+        // outside, see `Handler::outside`), and an abandoned one holds locks and the log's
+        // append lock (readers wait for its holders), so the database ends any that idles
+        // in a transaction for long. The worker's own bound is tighter (`MAX_TRANSACTION`).
+        let options = options.options([("idle_in_transaction_session_timeout", "10s")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -315,19 +317,15 @@ impl EventStore {
     }
 
     /// The log from `after` on, in position order, at most `limit` rows, in one statement
-    /// that also returns the bounds (`xmin`, `xmax`) of the snapshot the rows were read with —
-    /// `None` when there are no rows. One statement has one snapshot, and
-    /// `pg_current_snapshot()` is that snapshot, so this needs no REPEATABLE READ transaction
-    /// around it: one round trip instead of five.
-    pub async fn read_log_with_snapshot(
+    /// (one snapshot). What is missing below the last row may still commit: read it through
+    /// [`super::log_reader::LogReader`], which knows when a hole is permanent.
+    pub async fn read_log(
         conn: &mut sqlx::PgConnection,
         after: i64,
         limit: i64,
-    ) -> Result<(Vec<RecordedEvent>, Option<(i64, i64)>), StoreError> {
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS snapshot_xmin, \
-                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS snapshot_xmax, \
-                    position, stream_id, stream_version, event_id, event_type, schema_version, \
+            "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
                     data, metadata, recorded_at \
              FROM event_log WHERE position > $1 ORDER BY position LIMIT $2",
         )
@@ -335,15 +333,17 @@ impl EventStore {
         .bind(limit)
         .fetch_all(conn)
         .await?;
-        let snapshot = match rows.first() {
-            Some(row) => Some((row.try_get("snapshot_xmin")?, row.try_get("snapshot_xmax")?)),
-            None => None,
-        };
-        let events = rows
-            .into_iter()
-            .map(recorded_event)
-            .collect::<Result<_, _>>()?;
-        Ok((events, snapshot))
+        rows.into_iter().map(recorded_event).collect()
+    }
+
+    /// The transactions (virtual transaction ids) that hold the log's append lock right now:
+    /// every transaction that may still commit a row it inserted into `event_log` (migration
+    /// 0004 makes each insert take the lock before it draws a position). Read after a
+    /// snapshot, it names every writer that snapshot could have missed.
+    pub async fn log_writers(conn: &mut sqlx::PgConnection) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT event_log_writers()")
+            .fetch_one(conn)
+            .await?)
     }
 
     pub async fn checkpoint(&self, name: &str) -> Result<i64, StoreError> {
@@ -725,7 +725,8 @@ impl CommandTx {
     }
 
     /// Rolls back now. Dropping a transaction also rolls back, but only when its connection is
-    /// next used; until then it holds back every gap-safe reader (see `log_reader`).
+    /// next used; until then, if it appended, it holds the log's append lock, and a gap-safe
+    /// reader stopped at a hole waits for it (see `log_reader`).
     pub async fn rollback(self) -> Result<(), StoreError> {
         self.tx.rollback().await?;
         Ok(())

@@ -15,7 +15,9 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{CommandWorker, Outcome, Received};
 use crate::runtime::backoff::Backoff;
-use crate::runtime::handler::{Context, Dispatch, Handled, Handler, HandlerError, Input};
+use crate::runtime::handler::{
+    Context, Dispatch, Handled, Handler, HandlerError, Input, MAX_TRANSACTION, transaction_too_long,
+};
 use crate::runtime::settle::Failure;
 use crate::runtime::store::{BatchClaim, Claim, StoreError};
 
@@ -147,11 +149,12 @@ impl<H: Handler> CommandWorker<H> {
         let (indexes, batch): (Vec<usize>, Vec<(Context<'_>, &H::Command)>) =
             new.into_iter().unzip();
         let span = info_span!("batch", service = %H::SERVICE, size = batch.len());
-        let handled = match self
-            .handler
-            .handle_batch(&mut tx, &batch)
-            .instrument(span)
-            .await
+        let handled = match tokio::time::timeout(
+            MAX_TRANSACTION,
+            self.handler.handle_batch(&mut tx, &batch).instrument(span),
+        )
+        .await
+        .unwrap_or_else(|_| Err(transaction_too_long()))
         {
             Ok(handled) if handled.len() == batch.len() && tx.usable() => handled,
             Ok(_) => {
@@ -218,6 +221,8 @@ impl<H: Handler> CommandWorker<H> {
         ctx: &Context<'_>,
         command: &H::Command,
     ) -> Result<Outcome, HandlerError> {
+        // No transaction is open here: the handler's calls to the outside world go now.
+        self.handler.outside(&self.store, ctx, command).await?;
         let mut conflicts = 0;
         loop {
             let mut tx = match self
@@ -231,7 +236,13 @@ impl<H: Handler> CommandWorker<H> {
                     return Ok(duplicate(reply, outputs));
                 }
             };
-            let handled = match self.handler.handle(&mut tx, ctx, command).await {
+            let handled = match tokio::time::timeout(
+                MAX_TRANSACTION,
+                self.handler.handle(&mut tx, ctx, command),
+            )
+            .await
+            .unwrap_or_else(|_| Err(transaction_too_long()))
+            {
                 Ok(handled) => handled,
                 Err(error) => {
                     // Roll back now, not when the pooled connection is next used: an open

@@ -13,6 +13,7 @@ pub struct ProductsProjection;
 
 impl Projection for ProductsProjection {
     const NAME: &'static str = "projection.catalog_products";
+    const TABLES: &'static [&'static str] = &["catalog_products"];
 
     async fn apply(
         &self,

@@ -13,6 +13,7 @@ pub struct OrdersProjection;
 
 impl Projection for OrdersProjection {
     const NAME: &'static str = "projection.orders_view";
+    const TABLES: &'static [&'static str] = &["orders_view"];
 
     async fn apply(
         &self,

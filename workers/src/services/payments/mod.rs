@@ -1,24 +1,38 @@
 //! The payments service (the seed's Server D): charges and refunds, one stream per order.
 //!
-//! A custom handler because the provider call sits between loading the stream and appending.
-//! The stream makes it idempotent per order: a charge finds the earlier outcome and repeats it;
-//! a refund that arrives before a (slow) charge closes the payment, and the charge that then
-//! loses the append race re-decides on the closed stream and releases at the provider instead.
+//! No provider call ever happens inside a database transaction (a slow provider would hold
+//! the transaction, its locks and the log's append lock for as long as it takes). Handling a
+//! command is three short steps, each alone:
+//!
+//! 1. [`Handler::outside`], with no transaction open: record the intent in
+//!    `payment_attempts` (one statement), call the provider keyed by the order id (its
+//!    idempotency key: a repeat returns the first answer and charges nothing more), record
+//!    the answer (one statement). A redelivery finds the answer recorded and does not call.
+//! 2. [`Handler::handle`], in the message's transaction: load the stream, read the recorded
+//!    answer, append the outcome, reply. A crash anywhere before its commit only repeats
+//!    steps that are idempotent.
+//!
+//! Cancellation races a slow charge: the refund marks the attempt `refund_requested` and
+//! releases at the provider; the charge reads that flag in the same statement that records
+//! its answer and releases what it authorized. Both write the one row, so whichever writes
+//! second sees the other. Must never log or store a card token.
 
+pub mod conformance;
 pub mod provider;
 
 use eventline_events::payments::{
     ChargePayment, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentRefunded,
     PaymentsCommand, PaymentsEvent, RefundPayment, payment_stream,
 };
-use eventline_events::values::Money;
+use eventline_events::values::{Money, OrderId};
 use eventline_events::{Rejection, Reply, Service};
+use sqlx::PgConnection;
 
-use self::provider::{Authorization, PaymentProvider};
+use self::provider::{Authorization, PaymentProvider, ProviderUnavailable};
 use crate::runtime::State;
 use crate::runtime::aggregate::{accepted, load, new_events};
 use crate::runtime::handler::{Context, Handled, Handler, HandlerError};
-use crate::runtime::store::{CommandTx, EventMetadata};
+use crate::runtime::store::{CommandTx, EventMetadata, EventStore, StoreError};
 
 /// A payment's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,6 +66,39 @@ impl State for Payment {
     }
 }
 
+/// What `payment_attempts` says about an order's charge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Attempt {
+    /// The provider's answer, recorded after the call.
+    Answered(Authorization),
+    /// No answer recorded, and a refund was asked for: the charge must not happen.
+    Closed,
+    /// No answer recorded yet (the call failed, or the intent was never written).
+    Unanswered,
+}
+
+type AttemptRow = (Option<String>, Option<String>, bool);
+
+fn attempt((reference, declined, refund_requested): AttemptRow) -> Attempt {
+    match (reference, declined) {
+        (Some(reference), _) => Attempt::Answered(Authorization::Approved { reference }),
+        (None, Some(reason)) => Attempt::Answered(Authorization::Declined {
+            reason: decline_reason(&reason),
+        }),
+        (None, None) if refund_requested => Attempt::Closed,
+        (None, None) => Attempt::Unanswered,
+    }
+}
+
+/// The reasons the provider seam knows; anything else stored reads as a plain decline.
+fn decline_reason(stored: &str) -> &'static str {
+    match stored {
+        "insufficient_funds" => "insufficient_funds",
+        "unknown_card" => "unknown_card",
+        _ => "declined",
+    }
+}
+
 pub struct PaymentsHandler<P> {
     provider: P,
 }
@@ -60,11 +107,128 @@ impl<P: PaymentProvider> PaymentsHandler<P> {
     pub fn new(provider: P) -> Self {
         Self { provider }
     }
+
+    /// Step 1 of a charge: intent, provider call, answer — never inside a transaction.
+    async fn charge_outside(
+        &self,
+        store: &EventStore,
+        c: &ChargePayment,
+    ) -> Result<(), HandlerError> {
+        let order = c.order_id.as_uuid();
+        // The intent, alone (autocommit). A redelivery finds it, with the answer if there is one.
+        let row: AttemptRow = sqlx::query_as(
+            "INSERT INTO payment_attempts (order_id, amount) VALUES ($1, $2) \
+             ON CONFLICT (order_id) DO UPDATE SET amount = coalesce(payment_attempts.amount, EXCLUDED.amount) \
+             RETURNING reference, declined, refund_requested",
+        )
+        .bind(order)
+        .bind(c.amount.minor_units() as i64)
+        .fetch_one(store.pool())
+        .await
+        .map_err(db)?;
+        match attempt(row) {
+            Attempt::Answered(_) => return Ok(()),
+            Attempt::Closed => {
+                // Cancelled before any answer was recorded. An earlier attempt may have
+                // reached the provider before crashing: release whatever it holds (a no-op
+                // if nothing).
+                return self.release(c.order_id).await;
+            }
+            Attempt::Unanswered => {}
+        }
+        let answer = match self.provider.authorize(c.order_id, c.amount, &c.card).await {
+            Ok(Authorization::Approved { reference }) => {
+                self.provider
+                    .capture(c.order_id, c.amount)
+                    .await
+                    .map_err(unavailable)?;
+                Authorization::Approved { reference }
+            }
+            Ok(declined) => declined,
+            Err(error) => return Err(unavailable(error)),
+        };
+        let (reference, declined) = match &answer {
+            Authorization::Approved { reference } => (Some(reference.as_str()), None),
+            Authorization::Declined { reason } => (None, Some(*reason)),
+        };
+        // The answer, alone; in the same statement, whether a refund was asked for meanwhile.
+        let refund_requested: bool = sqlx::query_scalar(
+            "UPDATE payment_attempts SET reference = $2, declined = $3, answered_at = now() \
+             WHERE order_id = $1 RETURNING refund_requested",
+        )
+        .bind(order)
+        .bind(reference)
+        .bind(declined)
+        .fetch_one(store.pool())
+        .await
+        .map_err(db)?;
+        if refund_requested && reference.is_some() {
+            self.release(c.order_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Step 1 of a refund: mark the attempt, then release at the provider (idempotent; a
+    /// no-op if nothing is held), with no transaction open.
+    async fn refund_outside(
+        &self,
+        store: &EventStore,
+        r: &RefundPayment,
+    ) -> Result<(), HandlerError> {
+        sqlx::query(
+            "INSERT INTO payment_attempts (order_id, refund_requested) VALUES ($1, true) \
+             ON CONFLICT (order_id) DO UPDATE SET refund_requested = true",
+        )
+        .bind(r.order_id.as_uuid())
+        .execute(store.pool())
+        .await
+        .map_err(db)?;
+        self.release(r.order_id).await
+    }
+
+    async fn release(&self, order_id: OrderId) -> Result<(), HandlerError> {
+        self.provider.refund(order_id).await.map_err(unavailable)
+    }
+}
+
+/// A provider outage: retry later (the worker's transient path).
+fn unavailable(error: ProviderUnavailable) -> HandlerError {
+    HandlerError::Transient(error.to_string())
+}
+
+fn db(error: sqlx::Error) -> HandlerError {
+    HandlerError::Store(StoreError::from(error))
+}
+
+async fn recorded_attempt(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+) -> Result<Attempt, StoreError> {
+    let row: Option<AttemptRow> = sqlx::query_as(
+        "SELECT reference, declined, refund_requested FROM payment_attempts WHERE order_id = $1",
+    )
+    .bind(order_id.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map_or(Attempt::Unanswered, attempt))
 }
 
 impl<P: PaymentProvider> Handler for PaymentsHandler<P> {
     type Command = PaymentsCommand;
     const SERVICE: Service = Service::Payments;
+
+    async fn outside(
+        &self,
+        store: &EventStore,
+        _ctx: &Context<'_>,
+        command: &PaymentsCommand,
+    ) -> Result<(), HandlerError> {
+        // Any authority check on the sender belongs here too, before the provider is called.
+        match command {
+            PaymentsCommand::ChargePayment(c) => self.charge_outside(store, c).await,
+            PaymentsCommand::RefundPayment(r) => self.refund_outside(store, r).await,
+        }
+    }
 
     async fn handle(
         &self,
@@ -74,24 +238,14 @@ impl<P: PaymentProvider> Handler for PaymentsHandler<P> {
     ) -> Result<Handled, HandlerError> {
         let stream_id = payment_stream(command.order_id());
         let (payment, version) = load::<Payment>(tx, &stream_id).await?;
-        let transient = |e: provider::ProviderUnavailable| HandlerError::Transient(e.to_string());
         let (events, rejection): (Vec<PaymentsEvent>, Option<Rejection>) = match (command, &payment)
         {
             (PaymentsCommand::ChargePayment(c), Payment::None) => {
-                match self
-                    .provider
-                    .authorize(c.order_id, c.amount, &c.card)
-                    .await
-                    .map_err(transient)?
-                {
-                    Authorization::Approved { reference } => {
-                        self.provider
-                            .capture(c.order_id, c.amount)
-                            .await
-                            .map_err(transient)?;
+                match recorded_attempt(tx.conn(), c.order_id).await? {
+                    Attempt::Answered(Authorization::Approved { reference }) => {
                         (captured(c, reference), None)
                     }
-                    Authorization::Declined { reason } => (
+                    Attempt::Answered(Authorization::Declined { reason }) => (
                         vec![
                             PaymentDeclined {
                                 order_id: c.order_id,
@@ -102,33 +256,31 @@ impl<P: PaymentProvider> Handler for PaymentsHandler<P> {
                         ],
                         Some(declined(reason)),
                     ),
+                    // Cancelled before the provider answered: close the payment here; the
+                    // refund that arrives (or arrived) finds it closed.
+                    Attempt::Closed => (vec![closed(c.order_id)], Some(payment_closed(c.order_id))),
+                    Attempt::Unanswered => {
+                        return Err(HandlerError::Transient(format!(
+                            "no provider answer is recorded for order {}'s charge yet",
+                            c.order_id
+                        )));
+                    }
                 }
             }
             (PaymentsCommand::ChargePayment(_), Payment::Captured { .. }) => (vec![], None),
             (PaymentsCommand::ChargePayment(_), Payment::Declined { reason }) => {
                 (vec![], Some(declined(reason)))
             }
+            // Closed by a refund (the order was cancelled); what this charge authorized was
+            // released in its outside step, which saw the refund request.
             (PaymentsCommand::ChargePayment(c), Payment::Refunded { .. }) => {
-                // Closed by a refund (the order was cancelled). A racing attempt may have
-                // authorized at the provider before losing the append: release it.
-                self.provider.refund(c.order_id).await.map_err(transient)?;
-                (
-                    vec![],
-                    Some(Rejection::new(
-                        "payment_closed",
-                        format!(
-                            "order {}'s payment was closed (the order was cancelled); nothing was charged",
-                            c.order_id
-                        ),
-                    )),
-                )
+                (vec![], Some(payment_closed(c.order_id)))
             }
+            // The provider released it in the refund's outside step.
             (PaymentsCommand::RefundPayment(r), Payment::Captured { amount }) => {
-                self.provider.refund(r.order_id).await.map_err(transient)?;
                 (vec![refunded(r, *amount)], None)
             }
             (PaymentsCommand::RefundPayment(r), Payment::None) => {
-                self.provider.refund(r.order_id).await.map_err(transient)?;
                 (vec![refunded(r, Money::ZERO)], None)
             }
             (
@@ -174,6 +326,23 @@ fn refunded(r: &RefundPayment, amount: Money) -> PaymentsEvent {
         amount,
     }
     .into()
+}
+
+fn closed(order_id: OrderId) -> PaymentsEvent {
+    PaymentRefunded {
+        order_id,
+        amount: Money::ZERO,
+    }
+    .into()
+}
+
+fn payment_closed(order_id: OrderId) -> Rejection {
+    Rejection::new(
+        "payment_closed",
+        format!(
+            "order {order_id}'s payment was closed (the order was cancelled); nothing was charged"
+        ),
+    )
 }
 
 fn declined(reason: &str) -> Rejection {
