@@ -585,7 +585,11 @@ async fn run_worker(config: Config, service: Service) -> anyhow::Result<()> {
 /// Waits, with backoff and a clear message, until the database answers: a worker that starts
 /// before its database (compose, a reboot) waits instead of crash-looping.
 async fn wait_for_database(config: &Config) -> anyhow::Result<EventStore> {
-    let store = EventStore::connect_lazy(&config.database_url, config.max_db_connections)?;
+    let store = EventStore::connect_lazy_with(
+        &config.database_url,
+        config.max_db_connections,
+        config.db_acquire_timeout,
+    )?;
     let mut backoff = eventline_workers::runtime::backoff::Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(5),

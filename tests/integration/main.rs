@@ -12,6 +12,7 @@ mod concurrency;
 mod crash;
 mod dead_letters;
 mod errors;
+mod idempotency;
 mod least_privilege;
 mod load;
 mod poison;

@@ -21,7 +21,7 @@ use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand, ReserveStock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{Namespace, Reply, Service, Topology};
-use eventline_workers::runtime::config::{AuthKeys, PaymentSettings};
+use eventline_workers::runtime::config::{self, AuthKeys, PaymentSettings};
 use eventline_workers::runtime::relay::{Relay, RelayProgress};
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::{Config, SecretUrl, Shutdown};
@@ -105,6 +105,8 @@ impl TestSystem {
                 slow_delay: Duration::from_secs(6),
                 ..PaymentSettings::default()
             },
+            dedup_window: config::DEFAULT_DEDUP_WINDOW,
+            db_acquire_timeout: config::DEFAULT_DB_ACQUIRE_TIMEOUT,
         };
         let topology = Topology::new(namespace.clone());
         // Declared up front so commands published before a worker starts are queued, not lost.
@@ -168,9 +170,17 @@ impl TestSystem {
             replica: replica.to_owned(),
             ..self.config.clone()
         };
+        self.start_service_with(service, config);
+    }
+
+    /// Starts one in-process replica of a service with its own configuration (a short dedup
+    /// window, a database that does not answer).
+    pub fn start_service_with(&mut self, service: Service, config: Config) {
         // Its own small pool, as a real replica process has: replicas sharing one pool would
         // starve each other (and the projections) under load.
-        let store = EventStore::connect_lazy(&config.database_url, 4).expect("a pool");
+        let store =
+            EventStore::connect_lazy_with(&config.database_url, 4, config.db_acquire_timeout)
+                .expect("a pool");
         self.tasks
             .spawn(services::run(service, config, store, self.shutdown.clone()));
     }

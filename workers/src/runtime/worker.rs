@@ -4,8 +4,9 @@
 //!
 //! Per delivery, in order:
 //! 1. decode (poison → dead-letter queue with the reason, reply "rejected", ack);
-//! 2. one PostgreSQL transaction: claim the message id in the inbox (a duplicate gets its
-//!    stored reply again), load the stream, `decide`, append with the expected version,
+//! 2. one PostgreSQL transaction: claim the message id in the inbox with the digest of its
+//!    content (a duplicate gets its stored reply again; the same id with other content is
+//!    refused `idempotency_key_reused`; queries claim nothing), load the stream, `decide`, append with the expected version,
 //!    store the reply, commit. A version conflict reloads and decides again at once;
 //! 3. reply on `reply_to` (after the commit: a reply never announces something uncommitted);
 //! 4. ack. A crash anywhere before the ack means redelivery, which step 2 makes harmless.
@@ -30,8 +31,8 @@ use eventline_events::auth::TOKEN_HEADER;
 use eventline_events::envelope::{HeaderValue, headers};
 use eventline_events::reply::REPLY_TYPE;
 use eventline_events::{
-    DecodeError, IncomingMessage, Metadata, OutgoingMessage, Rejection, Reply, SCHEMA_VERSION,
-    Topology,
+    Contract, DecodeError, IncomingMessage, Metadata, OutgoingMessage, Rejection, Reply,
+    SCHEMA_VERSION, Topology,
 };
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -45,8 +46,9 @@ use super::backoff::Backoff;
 use super::broker::{self, BrokerError};
 use super::config::Config;
 use super::handler::{Context, Destination, Dispatch, Handled, Handler, HandlerError, Input};
+use super::inbox::Digest;
 use super::shutdown::Shutdown;
-use super::store::{BatchClaim, Claim, EventStore, StoreError};
+use super::store::{BatchClaim, CommandTx, EventStore, StoreError};
 use super::token::{self, Principal, TokenError};
 
 /// Immediate re-decides after a version conflict before the command counts as a transient failure.
@@ -399,14 +401,11 @@ impl<H: Handler> CommandWorker<H> {
             .filter(|&&i| items[i].command.is_some())
             .map(|&i| (i, &items[i]))
             .collect();
-        let metadatas: Vec<&Metadata> = decoded
+        let messages: Vec<(&Metadata, &H::Command)> = decoded
             .iter()
-            .filter_map(|(_, item)| item.command.as_ref().map(|(m, _)| m))
+            .filter_map(|(_, item)| item.command.as_ref().map(|(m, c)| (m, c)))
             .collect();
-        let (mut tx, claims) = self
-            .store
-            .begin_batch(&Self::inbox_name(), &metadatas, &self.config.replica)
-            .await?;
+        let (mut tx, claims) = self.begin(&messages).await?;
         let mut outcomes = Vec::with_capacity(decoded.len());
         let mut new = Vec::with_capacity(decoded.len());
         for ((i, item), claim) in decoded.into_iter().zip(claims) {
@@ -417,6 +416,7 @@ impl<H: Handler> CommandWorker<H> {
                     });
                     outcomes.push((i, duplicate(reply, outputs)));
                 }
+                BatchClaim::Reused => outcomes.push((i, reused(&item.span))),
                 BatchClaim::New => {
                     if let Some((metadata, command)) = &item.command {
                         let ctx = Context {
@@ -464,6 +464,31 @@ impl<H: Handler> CommandWorker<H> {
         Ok(outcomes)
     }
 
+    /// Opens the transaction for `messages`. Commands claim their ids in the inbox, each with
+    /// the digest of what it says (see [`Digest`]); queries change nothing, so they claim
+    /// nothing (a read-only transaction) and a repeated query simply runs again.
+    async fn begin(
+        &self,
+        messages: &[(&Metadata, &H::Command)],
+    ) -> Result<(CommandTx, Vec<BatchClaim>), StoreError> {
+        if H::INPUT == Input::Queries {
+            let claims = messages.iter().map(|_| BatchClaim::New).collect();
+            return Ok((self.store.begin_read().await?, claims));
+        }
+        let claims: Vec<(&Metadata, Option<Digest>)> = messages
+            .iter()
+            .map(|(m, c)| {
+                (
+                    *m,
+                    Some(Digest::of(&m.message_type, &Contract::to_json(*c))),
+                )
+            })
+            .collect();
+        self.store
+            .begin_batch(&Self::inbox_name(), &claims, &self.config.replica)
+            .await
+    }
+
     /// Handles one message in transactions of its own, retrying conflicts at once and
     /// transient failures with a short backoff.
     async fn handle(&self, ctx: &Context<'_>, command: &H::Command) -> Outcome {
@@ -497,15 +522,20 @@ impl<H: Handler> CommandWorker<H> {
     ) -> Result<Outcome, HandlerError> {
         let mut conflicts = 0;
         loop {
-            let mut tx = match self
-                .store
-                .begin_command(&Self::inbox_name(), ctx.metadata, &self.config.replica)
-                .await?
-            {
-                Claim::New(tx) => tx,
-                Claim::Duplicate { reply, outputs } => {
+            let (tx, mut claims) = self.begin(&[(ctx.metadata, command)]).await?;
+            let mut tx = match claims.pop() {
+                Some(BatchClaim::New) => tx,
+                Some(BatchClaim::Duplicate { reply, outputs }) => {
+                    tx.rollback().await?;
                     debug!("duplicate delivery; re-sending the stored outcome");
                     return Ok(duplicate(reply, outputs));
+                }
+                other => {
+                    tx.rollback().await?;
+                    return Ok(match other {
+                        Some(BatchClaim::Reused) => reused(&Span::current()),
+                        _ => Outcome::Transient("the inbox claim returned nothing".into()),
+                    });
                 }
             };
             let handled = match self.handler.handle(&mut tx, ctx, command).await {
@@ -769,6 +799,24 @@ fn duplicate(reply: Option<serde_json::Value>, outputs: serde_json::Value) -> Ou
         });
     let dispatch = serde_json::from_value(outputs).unwrap_or_default();
     Outcome::Handled { reply, dispatch }
+}
+
+/// What a message gets whose id was already used for a message with other content: a
+/// rejection, acked, with no effect and nothing stored. A reply rather than a dead letter: the
+/// first message's outcome stands, so there is nothing an operator could re-drive.
+fn reused(span: &Span) -> Outcome {
+    span.in_scope(|| info!("message id reused with other content; refusing it"));
+    Outcome::Handled {
+        reply: Reply::Rejected {
+            reason: Rejection::new(
+                "idempotency_key_reused",
+                "this message id was already used for a message with another type or body; \
+                 the first message's outcome stands and this one had no effect. \
+                 Send a new message under a new message id",
+            ),
+        },
+        dispatch: Vec::new(),
+    }
 }
 
 /// A handler's result as an outcome, plus the reply and dispatches to store with its inbox row.
