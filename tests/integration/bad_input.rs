@@ -1576,35 +1576,58 @@ fn build_cases(
 
     // Replayed message ids.
     let [(restock_cup, restocked), (reprice_cup, repriced)] = replayed;
-    for (name, sent, original, first, body) in [
+    let stored = || Outcome {
+        reply: Some("accepted (the first delivery's stored reply, unchanged)".into()),
+        ..Outcome::default()
+    };
+    let unchanged = "no second effect (`cup` stays at version 3)";
+    let reused = "a message id is an idempotency key: the same id with other content (type or body) is refused, with no effect, and the first outcome stands (CONTRACT.md)";
+    for (name, sent, original, first, message_type, body, expected, why) in [
         (
             "replay_after_success",
             "the price change's message id and body again",
             reprice_cup,
             repriced,
+            "catalog.change_price",
             reprice_cup.body.clone(),
+            stored(),
+            unchanged,
         ),
         (
             "replay_after_change",
             "the first restock's message id and body again, after the price changed",
             restock_cup,
             restocked,
+            "catalog.restock",
             restock_cup.body.clone(),
+            stored(),
+            unchanged,
         ),
         (
             "replay_with_other_body",
             "the first restock's message id with quantity 7",
             restock_cup,
             restocked,
+            "catalog.restock",
             restock("cup", 7).to_string().into_bytes(),
+            Outcome::rejected("idempotency_key_reused"),
+            reused,
+        ),
+        (
+            "replay_with_other_type",
+            "the price change's message id on a restock of cup",
+            reprice_cup,
+            repriced,
+            "catalog.restock",
+            restock("cup", 1).to_string().into_bytes(),
+            Outcome::rejected("idempotency_key_reused"),
+            reused,
         ),
     ] {
-        let mut m = c
-            .message(&original.metadata.message_type, body)
-            .token(admin);
+        let mut m = c.message(message_type, body).token(admin);
         m.metadata.message_id = original.metadata.message_id;
         m.metadata.causation_id = original.metadata.message_id.into();
-        let case = c.add(name, Catalog, sent, m, same, Outcome { reply: Some("accepted (the first delivery's stored reply, unchanged)".into()), ..Outcome::default() }, if name == "replay_with_other_body" { "a message id names one message: a reused id gets the first outcome, never a second effect (CONTRACT.md)" } else { "no second effect (`cup` stays at version 3)" });
+        let case = c.add(name, Catalog, sent, m, same, expected, why);
         case.first_reply = Some(first.clone());
     }
 
@@ -1666,6 +1689,41 @@ fn build_cases(
         Outcome::rejected("order_exists"),
         "",
     );
+    // The first customer's own order id again: identical is a re-send, different is refused.
+    for (name, sent, lines, card, expected, why) in [
+        (
+            "order_placed_again_identical",
+            "the customer's confirmed order again, same lines and card, under a new message id",
+            serde_json::json!([line("mug", 1)]),
+            "tok_visa",
+            Outcome::accepted(),
+            "an order id is the order's natural key: the same order again is a success with no new effect (nothing reserved or charged twice)",
+        ),
+        (
+            "order_id_reused_with_other_lines",
+            "the customer's own order id with 2 mugs instead of 1",
+            serde_json::json!([line("mug", 2)]),
+            "tok_visa",
+            Outcome::rejected("order_exists"),
+            "a placed order never changes; the reason names the lines placed and sent",
+        ),
+        (
+            "order_id_reused_with_other_card",
+            "the customer's own order id with another card",
+            serde_json::json!([line("mug", 1)]),
+            "tok_declined",
+            Outcome::rejected("order_exists"),
+            "the reason says the card differs and never quotes a card token",
+        ),
+    ] {
+        let m = c
+            .json(
+                "orders.place_order",
+                order_body(taken.order_id, lines, card),
+            )
+            .token(customer);
+        c.add(name, Orders, sent, m, same, expected, why);
+    }
     let m = c.json(
         "orders.place_order",
         order_body(

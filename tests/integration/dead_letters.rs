@@ -52,11 +52,8 @@ async fn a_dead_letter_redriven_after_a_fix_is_applied_exactly_once() {
         broken_shutdown.clone(),
     ));
     system.wait_for_consumers(Service::Catalog, 1).await;
-    let first = system
-        .client
-        .send(&reserve(OrderId::new(), 2))
-        .await
-        .unwrap();
+    let first_order = OrderId::new();
+    let first = system.client.send(&reserve(first_order, 2)).await.unwrap();
     let second = system
         .client
         .send(&reserve(OrderId::new(), 1))
@@ -121,10 +118,11 @@ async fn a_dead_letter_redriven_after_a_fix_is_applied_exactly_once() {
     .await;
 
     // Exactly once: the same message again (as a second re-drive or the sender's retry would
-    // send it) is a duplicate with the stored reply, and the log has one reservation.
+    // send it: same id, same body) is a duplicate with the stored reply, and the log has one
+    // reservation.
     let mut again = OutgoingMessage::new(
         Metadata::origin("catalog.reserve_stock"),
-        &reserve(OrderId::new(), 2),
+        &reserve(first_order, 2),
     );
     again.metadata.message_id = first;
     let reply = system

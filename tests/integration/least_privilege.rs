@@ -17,9 +17,9 @@ use sqlx::Connection;
 use crate::support::TestSystem;
 
 /// A per-test database login, dropped at the end even if the test panics.
-struct Login {
-    admin_url: SecretUrl,
-    name: String,
+pub(crate) struct Login {
+    pub(crate) admin_url: SecretUrl,
+    pub(crate) name: String,
 }
 
 impl Drop for Login {
@@ -37,7 +37,7 @@ impl Drop for Login {
 }
 
 /// `url` with another user and password (the harness's URLs carry the administrator).
-fn with_user(url: &SecretUrl, user: &str, password: &str) -> SecretUrl {
+pub(crate) fn with_user(url: &SecretUrl, user: &str, password: &str) -> SecretUrl {
     let url = url.expose();
     let start = url.find("://").expect("a URL") + 3;
     let host = match url[start..].find('@') {

@@ -13,6 +13,7 @@ mod crash;
 mod dead_letters;
 mod errors;
 mod forged_saga_input;
+mod idempotency;
 mod least_privilege;
 mod load;
 mod poison;

@@ -23,7 +23,7 @@ use eventline_events::catalog::{AddProduct, CatalogCommand, ReserveStock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{Namespace, Reply, Service, Topology};
 use eventline_workers::runtime::Handler;
-use eventline_workers::runtime::config::{AuthKeys, PaymentSettings, RetryPolicy};
+use eventline_workers::runtime::config::{self, AuthKeys, PaymentSettings, RetryPolicy};
 use eventline_workers::runtime::relay::{Relay, RelayProgress};
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::worker::CommandWorker;
@@ -109,6 +109,8 @@ impl TestSystem {
                 ..PaymentSettings::default()
             },
             retry: RetryPolicy::default(),
+            dedup_window: config::DEFAULT_DEDUP_WINDOW,
+            db_acquire_timeout: config::DEFAULT_DB_ACQUIRE_TIMEOUT,
         };
         let topology = Topology::new(namespace.clone());
         // Declared up front so commands published before a worker starts are queued, not lost.
@@ -172,9 +174,17 @@ impl TestSystem {
             replica: replica.to_owned(),
             ..self.config.clone()
         };
+        self.start_service_with(service, config);
+    }
+
+    /// Starts one in-process replica of a service with its own configuration (a short dedup
+    /// window, a database that does not answer).
+    pub fn start_service_with(&mut self, service: Service, config: Config) {
         // Its own small pool, as a real replica process has: replicas sharing one pool would
         // starve each other (and the projections) under load.
-        let store = EventStore::connect_lazy(&config.database_url, 4).expect("a pool");
+        let store =
+            EventStore::connect_lazy_with(&config.database_url, 4, config.db_acquire_timeout)
+                .expect("a pool");
         self.tasks
             .spawn(services::run(service, config, store, self.shutdown.clone()));
     }

@@ -200,6 +200,12 @@ pub struct Config {
     /// How long the order saga waits for catalog and payments before cancelling an order.
     pub saga_timeout: Duration,
     pub payments: PaymentSettings,
+    /// How long the inbox remembers a message id: a re-send within it has one effect; older
+    /// inbox rows are pruned (`inbox.rs`).
+    pub dedup_window: Duration,
+    /// How long a message waits for a database connection before its transient handling
+    /// starts (a database that is away answers nothing; this is how long we listen).
+    pub db_acquire_timeout: Duration,
     /// How failures are retried and when they are given up on (see [`RetryPolicy`]).
     pub retry: RetryPolicy,
 }
@@ -294,6 +300,11 @@ impl Default for PaymentSettings {
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The default database: `eventline` on the local PostgreSQL (created by `eventline migrate`).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/eventline";
+/// The dedup window by default: a week, as payment APIs keep idempotency keys for days.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The database connection wait by default: a healthy pool hands one out in microseconds and
+/// a new connection takes milliseconds, so a second means the database is away.
+pub const DEFAULT_DB_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Config {
     /// The defaults: local services, namespace `eventline`, no auth keys.
@@ -309,12 +320,15 @@ impl Config {
             saga_timeout: Duration::from_secs(10),
             payments: PaymentSettings::default(),
             retry: RetryPolicy::default(),
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            db_acquire_timeout: DEFAULT_DB_ACQUIRE_TIMEOUT,
         }
     }
 
     /// Reads `AMQP_URL`, `DATABASE_URL`, `EVENTLINE_NAMESPACE`, `EVENTLINE_REPLICA`,
-    /// `EVENTLINE_PREFETCH`, `EVENTLINE_DB_CONNECTIONS` and the `EVENTLINE_RETRY_*`
-    /// policy, each with a local default.
+    /// `EVENTLINE_PREFETCH`, `EVENTLINE_DB_CONNECTIONS`, `EVENTLINE_DEDUP_WINDOW_SECS`,
+    /// `EVENTLINE_DB_ACQUIRE_TIMEOUT_MS` and the `EVENTLINE_RETRY_*` policy, each with a local
+    /// default.
     pub fn from_env() -> Result<Self, ConfigError> {
         let var = |name: &'static str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let namespace = match var("EVENTLINE_NAMESPACE") {
@@ -413,6 +427,19 @@ impl Config {
             replica: var("EVENTLINE_REPLICA").unwrap_or_else(default_replica_name),
             prefetch: number("EVENTLINE_PREFETCH", 64, 1, 1000)? as u16,
             max_db_connections: number("EVENTLINE_DB_CONNECTIONS", 8, 1, 200)?,
+            // At least a second: the prune function refuses shorter windows.
+            dedup_window: Duration::from_secs(u64::from(number(
+                "EVENTLINE_DEDUP_WINDOW_SECS",
+                DEFAULT_DEDUP_WINDOW.as_secs() as u32,
+                1,
+                366 * 24 * 3600,
+            )?)),
+            db_acquire_timeout: Duration::from_millis(u64::from(number(
+                "EVENTLINE_DB_ACQUIRE_TIMEOUT_MS",
+                DEFAULT_DB_ACQUIRE_TIMEOUT.as_millis() as u32,
+                50,
+                60_000,
+            )?)),
         })
     }
 }

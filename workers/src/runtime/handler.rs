@@ -117,8 +117,8 @@ pub enum HandlerError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Input {
     Commands,
-    /// Read-only requests. They still pass through the inbox, so a repeated query id gets
-    /// the same answer — a snapshot, like any reply.
+    /// Read-only requests, in a read-only transaction. They claim nothing in the inbox: a
+    /// query changes nothing, so a repeated query id simply runs again.
     Queries,
 }
 

@@ -1,9 +1,10 @@
 //! The runtime: everything between the wire and a service's pure domain logic.
 //!
 //! Reading order: [`config`] → [`broker`] (names → AMQP) → [`store`] (the log, the inbox) →
-//! [`handler`] / [`aggregate`] (what a service implements) → [`worker`] (the consume loop) →
-//! [`settle`] (the one decision: ack, retry, requeue or dead-letter; `broker::carry_out` carries
-//! it out) → [`log_reader`] → [`relay`] / [`projection`].
+//! [`inbox`] (what a claim remembers, and for how long) → [`handler`] / [`aggregate`] (what a
+//! service implements) → [`worker`] (the consume loop) → [`settle`] (the one decision: ack,
+//! retry, requeue or dead-letter; `broker::carry_out` carries it out) → [`log_reader`] →
+//! [`relay`] / [`projection`].
 
 pub mod aggregate;
 pub mod backoff;
@@ -11,6 +12,7 @@ pub mod broker;
 pub mod config;
 pub mod db_roles;
 pub mod handler;
+pub mod inbox;
 pub mod log_reader;
 pub mod projection;
 pub mod redact;

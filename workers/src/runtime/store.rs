@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use super::config::SecretUrl;
+use super::config::{DEFAULT_DB_ACQUIRE_TIMEOUT, SecretUrl};
+use super::inbox::Digest;
 
 /// The migrations in `schema/migrations`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../schema/migrations");
@@ -148,7 +149,20 @@ pub struct EventStore {
 impl EventStore {
     /// A pool that connects lazily: a worker started before its database keeps retrying
     /// instead of crashing (independent failures). Use [`EventStore::check`] to fail fast.
+    /// Waits for a connection at most [`DEFAULT_DB_ACQUIRE_TIMEOUT`].
     pub fn connect_lazy(url: &SecretUrl, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_lazy_with(url, max_connections, DEFAULT_DB_ACQUIRE_TIMEOUT)
+    }
+
+    /// [`EventStore::connect_lazy`], waiting at most `acquire_timeout` for a connection (a
+    /// free one from the pool, or a new one, connect included) before the caller's statement
+    /// fails with a transient error. Short, so that a message meets a database that is away
+    /// with its retry or `unavailable` reply within about that time, not after minutes.
+    pub fn connect_lazy_with(
+        url: &SecretUrl,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let options: PgConnectOptions =
             url.expose().parse().map_err(|source| StoreError::Connect {
                 url: url.to_string(),
@@ -161,7 +175,7 @@ impl EventStore {
         let options = options.options([("idle_in_transaction_session_timeout", "10s")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options);
         Ok(Self { pool })
     }
@@ -194,7 +208,9 @@ impl EventStore {
         Ok(())
     }
 
-    /// Starts a command's transaction by claiming its message id for `consumer`.
+    /// Starts a command's transaction by claiming its message id for `consumer`, without a
+    /// digest: for tools and tests that append directly under ids they never reuse. The
+    /// worker claims through [`EventStore::begin_batch`], with the message's digest.
     ///
     /// Returns [`Claim::Duplicate`] with the stored reply when the message was handled before.
     /// A concurrent duplicate blocks on the inbox row until the first commits, then sees it.
@@ -204,12 +220,18 @@ impl EventStore {
         message: &Metadata,
         handled_by: &str,
     ) -> Result<Claim, StoreError> {
-        let (tx, mut claims) = self.begin_batch(consumer, &[message], handled_by).await?;
+        let (tx, mut claims) = self
+            .begin_batch(consumer, &[(message, None)], handled_by)
+            .await?;
         match claims.pop() {
             Some(BatchClaim::New) => Ok(Claim::New(tx)),
             Some(BatchClaim::Duplicate { reply, outputs }) => {
                 tx.rollback().await?;
                 Ok(Claim::Duplicate { reply, outputs })
+            }
+            Some(BatchClaim::Reused) => {
+                tx.rollback().await?;
+                Ok(Claim::Reused)
             }
             None => {
                 tx.rollback().await?;
@@ -222,34 +244,51 @@ impl EventStore {
     /// in one statement — the transaction's first write, so it holds a transaction id before
     /// any log position is drawn (see [`super::log_reader`]).
     ///
-    /// Returns the transaction and, per message in the order given, whether it is new (its
-    /// effects go into this transaction) or a duplicate (with what it got the first time).
-    /// The transaction is returned even when every message is a duplicate; roll it back.
+    /// Each message comes with the [`Digest`] of what it says, stored with its claim. Returns
+    /// the transaction and, per message in the order given, whether it is new (its effects go
+    /// into this transaction), a duplicate (the same id and digest: with what it got the first
+    /// time) or a reused id (the same id, another digest: no effect, the caller refuses it).
+    /// A missing digest, on either side, compares as the same message (rows claimed before
+    /// digests were stored, and [`EventStore::begin_command`]'s tools).
+    /// The transaction is returned even when no message is new; roll it back.
     /// Rows are claimed in message-id order, so two batches that share ids cannot deadlock.
     /// `messages` must not repeat an id (the second would look like a duplicate whose reply
     /// is not stored yet).
     pub async fn begin_batch(
         &self,
         consumer: &str,
-        messages: &[&Metadata],
+        messages: &[(&Metadata, Option<Digest>)],
         handled_by: &str,
     ) -> Result<(CommandTx, Vec<BatchClaim>), StoreError> {
-        let mut sorted: Vec<&Metadata> = messages.to_vec();
-        sorted.sort_by_key(|m| m.message_id.as_uuid());
-        let ids: Vec<uuid::Uuid> = sorted.iter().map(|m| m.message_id.as_uuid()).collect();
-        let correlations: Vec<uuid::Uuid> =
-            sorted.iter().map(|m| m.correlation_id.as_uuid()).collect();
-        let causations: Vec<uuid::Uuid> = sorted.iter().map(|m| m.causation_id.as_uuid()).collect();
-        let types: Vec<&str> = sorted.iter().map(|m| m.message_type.as_str()).collect();
+        let mut sorted: Vec<&(&Metadata, Option<Digest>)> = messages.iter().collect();
+        sorted.sort_by_key(|(m, _)| m.message_id.as_uuid());
+        let ids: Vec<uuid::Uuid> = sorted.iter().map(|(m, _)| m.message_id.as_uuid()).collect();
+        let correlations: Vec<uuid::Uuid> = sorted
+            .iter()
+            .map(|(m, _)| m.correlation_id.as_uuid())
+            .collect();
+        let causations: Vec<uuid::Uuid> = sorted
+            .iter()
+            .map(|(m, _)| m.causation_id.as_uuid())
+            .collect();
+        let types: Vec<&str> = sorted
+            .iter()
+            .map(|(m, _)| m.message_type.as_str())
+            .collect();
+        let digests: Vec<Option<&[u8]>> = sorted
+            .iter()
+            .map(|(_, d)| d.as_ref().map(Digest::as_bytes))
+            .collect();
         let mut tx = self.pool.begin().await?;
         // WITH ORDINALITY + ORDER BY: the rows are inserted (and their index entries locked) in
-        // message-id order.
+        // message-id order. Still one statement for the whole batch, and the transaction's
+        // first write: the digest rides along in the same row.
         let claimed: Result<Vec<uuid::Uuid>, sqlx::Error> = sqlx::query_scalar(
             "INSERT INTO processed_messages \
-                 (consumer, message_id, handled_by, correlation_id, causation_id, message_type) \
-             SELECT $1, m.id, $3, m.correlation, m.causation, m.kind \
-             FROM unnest($2::uuid[], $4::uuid[], $5::uuid[], $6::text[]) \
-                  WITH ORDINALITY AS m(id, correlation, causation, kind, n) \
+                 (consumer, message_id, handled_by, correlation_id, causation_id, message_type, digest) \
+             SELECT $1, m.id, $3, m.correlation, m.causation, m.kind, m.digest \
+             FROM unnest($2::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::bytea[]) \
+                  WITH ORDINALITY AS m(id, correlation, causation, kind, digest, n) \
              ORDER BY m.n \
              ON CONFLICT DO NOTHING RETURNING message_id",
         )
@@ -259,6 +298,7 @@ impl EventStore {
         .bind(&correlations)
         .bind(&causations)
         .bind(&types)
+        .bind(&digests)
         .fetch_all(&mut *tx)
         .await;
         let claimed = match claimed {
@@ -275,17 +315,22 @@ impl EventStore {
                 .filter(|id| !claimed.contains(id))
                 .copied()
                 .collect();
-            let rows: Result<Vec<(uuid::Uuid, Option<serde_json::Value>, serde_json::Value)>, _> =
-                sqlx::query_as(
-                    "SELECT message_id, reply, outputs FROM processed_messages \
-                     WHERE consumer = $1 AND message_id = ANY($2)",
-                )
-                .bind(consumer)
-                .bind(&duplicates)
-                .fetch_all(&mut *tx)
-                .await;
+            type Stored = (
+                uuid::Uuid,
+                Option<serde_json::Value>,
+                serde_json::Value,
+                Option<Vec<u8>>,
+            );
+            let rows: Result<Vec<Stored>, _> = sqlx::query_as(
+                "SELECT message_id, reply, outputs, digest FROM processed_messages \
+                 WHERE consumer = $1 AND message_id = ANY($2)",
+            )
+            .bind(consumer)
+            .bind(&duplicates)
+            .fetch_all(&mut *tx)
+            .await;
             match rows {
-                Ok(rows) => stored.extend(rows.into_iter().map(|(id, r, o)| (id, (r, o)))),
+                Ok(rows) => stored.extend(rows.into_iter().map(|(id, r, o, d)| (id, (r, o, d)))),
                 Err(error) => {
                     let _ = tx.rollback().await;
                     return Err(error.into());
@@ -294,14 +339,19 @@ impl EventStore {
         }
         let claims = messages
             .iter()
-            .map(|m| match stored.remove(&m.message_id.as_uuid()) {
-                Some((reply, outputs)) => BatchClaim::Duplicate { reply, outputs },
+            .map(|(m, digest)| match stored.remove(&m.message_id.as_uuid()) {
+                Some((_, _, Some(first)))
+                    if digest.is_some_and(|d| d.as_bytes() != first.as_slice()) =>
+                {
+                    BatchClaim::Reused
+                }
+                Some((reply, outputs, _)) => BatchClaim::Duplicate { reply, outputs },
                 None => BatchClaim::New,
             })
             .collect();
         let new = messages
             .iter()
-            .map(|m| m.message_id)
+            .map(|(m, _)| m.message_id)
             .filter(|id| claimed.contains(&id.as_uuid()))
             .collect();
         Ok((
@@ -314,6 +364,20 @@ impl EventStore {
             },
             claims,
         ))
+    }
+
+    /// A read-only transaction that claims nothing: for queries, which change nothing, so a
+    /// repeated query simply runs again and the inbox stays the record of effects only.
+    /// READ ONLY keeps the rule that every write follows a claim: a write in it fails.
+    pub async fn begin_read(&self) -> Result<CommandTx, StoreError> {
+        let tx = self.pool.begin_with("BEGIN READ ONLY").await?;
+        Ok(CommandTx {
+            tx,
+            consumer: String::new(),
+            claimed: Vec::new(),
+            usable: true,
+            after_commit: Vec::new(),
+        })
     }
 
     /// The log from `after` on, in position order, at most `limit` rows, in one statement
@@ -452,6 +516,8 @@ pub enum Claim {
         reply: Option<serde_json::Value>,
         outputs: serde_json::Value,
     },
+    /// The id was claimed for a message with other content: no effect, refuse it.
+    Reused,
 }
 
 /// The result of claiming one message id of a batch (see [`EventStore::begin_batch`]).
@@ -464,6 +530,10 @@ pub enum BatchClaim {
         reply: Option<serde_json::Value>,
         outputs: serde_json::Value,
     },
+    /// The id was claimed for a message with another digest (another type or body): it has
+    /// no effect here, and its sender is told `idempotency_key_reused`. Nothing is stored
+    /// for it: the row keeps the first message's reply.
+    Reused,
 }
 
 /// One append of [`CommandTx::append_all`].

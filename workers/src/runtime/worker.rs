@@ -5,9 +5,11 @@
 //!
 //! Per delivery, in order:
 //! 1. decode (poison → dead-letter queue with the reason, reply "rejected", ack);
-//! 2. one PostgreSQL transaction: claim the message id in the inbox (a duplicate gets its
-//!    stored reply again), load the stream, `decide`, append with the expected version,
-//!    store the reply, commit. A version conflict reloads and decides again at once;
+//! 2. one PostgreSQL transaction: claim the message id in the inbox with the digest of its
+//!    content (a duplicate gets its stored reply again; the same id with other content is
+//!    refused `idempotency_key_reused`; queries claim nothing), load the stream, `decide`,
+//!    append with the expected version, store the reply, commit. A version conflict reloads
+//!    and decides again at once;
 //! 3. reply on `reply_to` (after the commit: a reply never announces something uncommitted);
 //! 4. ack. A crash anywhere before the ack means redelivery, which step 2 makes harmless.
 //!

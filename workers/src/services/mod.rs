@@ -32,6 +32,8 @@ fn answer(result: serde_json::Value) -> eventline_events::Reply {
 /// replica dies.
 pub async fn run(service: Service, config: Config, store: EventStore, shutdown: Shutdown) {
     let mut tasks = tokio::task::JoinSet::new();
+    // Every worker process offers to prune the inbox; one elected process does it.
+    tasks.spawn(crate::runtime::inbox::Pruner::new(config.clone()).run(shutdown.clone()));
     match service {
         Service::Auth => {
             tasks.spawn(CommandWorker::new(config, store, auth::AuthHandler).run(shutdown));

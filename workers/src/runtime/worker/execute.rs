@@ -9,9 +9,9 @@
 
 use std::panic::AssertUnwindSafe;
 
-use eventline_events::{Metadata, Rejection, Reply};
+use eventline_events::{Contract, Metadata, Rejection, Reply};
 use futures_util::FutureExt;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use super::{CommandWorker, Outcome, Received};
 use crate::runtime::backoff::Backoff;
@@ -19,7 +19,8 @@ use crate::runtime::handler::{
     Context, Dispatch, Handled, Handler, HandlerError, Input, MAX_TRANSACTION, transaction_too_long,
 };
 use crate::runtime::settle::Failure;
-use crate::runtime::store::{BatchClaim, Claim, StoreError};
+use crate::runtime::inbox::Digest;
+use crate::runtime::store::{BatchClaim, CommandTx, StoreError};
 
 impl<H: Handler> CommandWorker<H> {
     /// The inbox a handler's messages are claimed in.
@@ -112,14 +113,11 @@ impl<H: Handler> CommandWorker<H> {
             .filter(|&&i| items[i].command.is_some())
             .map(|&i| (i, &items[i]))
             .collect();
-        let metadatas: Vec<&Metadata> = decoded
+        let messages: Vec<(&Metadata, &H::Command)> = decoded
             .iter()
-            .filter_map(|(_, item)| item.command.as_ref().map(|(m, _)| m))
+            .filter_map(|(_, item)| item.command.as_ref().map(|(m, c)| (m, c)))
             .collect();
-        let (mut tx, claims) = self
-            .store
-            .begin_batch(&Self::inbox_name(), &metadatas, &self.config.replica)
-            .await?;
+        let (mut tx, claims) = self.begin(&messages).await?;
         let mut outcomes = Vec::with_capacity(decoded.len());
         let mut new = Vec::with_capacity(decoded.len());
         for ((i, item), claim) in decoded.into_iter().zip(claims) {
@@ -130,6 +128,7 @@ impl<H: Handler> CommandWorker<H> {
                     });
                     outcomes.push((i, duplicate(reply, outputs)));
                 }
+                BatchClaim::Reused => outcomes.push((i, reused(&item.span))),
                 BatchClaim::New => {
                     if let Some((metadata, command)) = &item.command {
                         let ctx = Context {
@@ -214,6 +213,31 @@ impl<H: Handler> CommandWorker<H> {
         }
     }
 
+    /// Opens the transaction for `messages`. Commands claim their ids in the inbox, each with
+    /// the digest of what it says (see [`Digest`]); queries change nothing, so they claim
+    /// nothing (a read-only transaction) and a repeated query simply runs again.
+    async fn begin(
+        &self,
+        messages: &[(&Metadata, &H::Command)],
+    ) -> Result<(CommandTx, Vec<BatchClaim>), StoreError> {
+        if H::INPUT == Input::Queries {
+            let claims = messages.iter().map(|_| BatchClaim::New).collect();
+            return Ok((self.store.begin_read().await?, claims));
+        }
+        let claims: Vec<(&Metadata, Option<Digest>)> = messages
+            .iter()
+            .map(|(m, c)| {
+                (
+                    *m,
+                    Some(Digest::of(&m.message_type, &Contract::to_json(*c))),
+                )
+            })
+            .collect();
+        self.store
+            .begin_batch(&Self::inbox_name(), &claims, &self.config.replica)
+            .await
+    }
+
     /// One transaction; version conflicts loop here without backoff (another writer won,
     /// so the next attempt sees its events and decides on fresh state).
     async fn handle_once(
@@ -225,15 +249,22 @@ impl<H: Handler> CommandWorker<H> {
         self.handler.outside(&self.store, ctx, command).await?;
         let mut conflicts = 0;
         loop {
-            let mut tx = match self
-                .store
-                .begin_command(&Self::inbox_name(), ctx.metadata, &self.config.replica)
-                .await?
-            {
-                Claim::New(tx) => tx,
-                Claim::Duplicate { reply, outputs } => {
+            let (tx, mut claims) = self.begin(&[(ctx.metadata, command)]).await?;
+            let mut tx = match claims.pop() {
+                Some(BatchClaim::New) => tx,
+                Some(BatchClaim::Duplicate { reply, outputs }) => {
+                    tx.rollback().await?;
                     debug!("duplicate delivery; re-sending the stored outcome");
                     return Ok(duplicate(reply, outputs));
+                }
+                other => {
+                    tx.rollback().await?;
+                    return Ok(match other {
+                        Some(BatchClaim::Reused) => reused(&Span::current()),
+                        _ => Outcome::Failed(Failure::Transient(
+                            "the inbox claim returned nothing".into(),
+                        )),
+                    });
                 }
             };
             let handled = match tokio::time::timeout(
@@ -302,6 +333,24 @@ fn duplicate(reply: Option<serde_json::Value>, outputs: serde_json::Value) -> Ou
             ),
         });
     Outcome::Handled { reply, dispatch }
+}
+
+/// What a message gets whose id was already used for a message with other content: a
+/// rejection, acked, with no effect and nothing stored. A reply rather than a dead letter: the
+/// first message's outcome stands, so there is nothing an operator could re-drive.
+fn reused(span: &Span) -> Outcome {
+    span.in_scope(|| info!("message id reused with other content; refusing it"));
+    Outcome::Handled {
+        reply: Reply::Rejected {
+            reason: Rejection::new(
+                "idempotency_key_reused",
+                "this message id was already used for a message with another type or body; \
+                 the first message's outcome stands and this one had no effect. \
+                 Send a new message under a new message id",
+            ),
+        },
+        dispatch: Vec::new(),
+    }
 }
 
 /// A handler's result as an outcome, plus the reply and dispatches to store with its inbox row.

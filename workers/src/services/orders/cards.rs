@@ -35,6 +35,25 @@ impl OrdersHandler {
         let Reply::Accepted { events, .. } = &handled.reply else {
             return Ok(());
         };
+        if let (OrdersCommand::PlaceOrder(place), true) = (command, events.is_empty()) {
+            // The order exists and its lines match (the aggregate said so); the card is known
+            // only here. Another card under the same order id is refused like other lines.
+            if let Some(on_file) = on_file(tx, place.order_id).await? {
+                if on_file != place.card {
+                    let refused = super::OrdersRejection::OrderDiffers {
+                        order_id: place.order_id,
+                        difference: "another card (tokens are not shown)".to_owned(),
+                    };
+                    *handled = Handled::reply(Reply::Rejected {
+                        reason: eventline_events::Rejection::new(
+                            crate::runtime::RejectionReason::code(&refused),
+                            refused.to_string(),
+                        ),
+                    });
+                }
+            }
+            return Ok(());
+        }
         for event in events {
             let decoded = OrdersEvent::from_json(&event.message_type, event.data.clone())
                 .map_err(|e| StoreError::Corrupt(format!("an event just decided: {e}")))?;
@@ -69,19 +88,26 @@ async fn record(tx: &mut CommandTx, order_id: OrderId, card: &CardToken) -> Resu
     Ok(())
 }
 
-/// The card recorded for an order. Its absence is not retryable: the order was placed without
-/// one, which this version of the code never does.
-async fn recorded(tx: &mut CommandTx, order_id: OrderId) -> Result<CardToken, StoreError> {
+/// The card on file for an order, if it has one.
+async fn on_file(tx: &mut CommandTx, order_id: OrderId) -> Result<Option<CardToken>, StoreError> {
     let card: Option<String> =
         sqlx::query_scalar("SELECT card FROM orders_cards WHERE order_id = $1")
             .bind(order_id.as_uuid())
             .fetch_optional(tx.conn())
             .await?;
-    let card = card.ok_or_else(|| {
+    card.map(|card| {
+        CardToken::parse(card).map_err(|_| {
+            StoreError::Corrupt(format!("order {order_id} has an unreadable card on file"))
+        })
+    })
+    .transpose()
+}
+
+/// The card recorded for an order. Its absence is not retryable: the order was placed without
+/// one, which this version of the code never does.
+async fn recorded(tx: &mut CommandTx, order_id: OrderId) -> Result<CardToken, StoreError> {
+    on_file(tx, order_id).await?.ok_or_else(|| {
         StoreError::Corrupt(format!("order {order_id} has no card on file to charge"))
-    })?;
-    CardToken::parse(card).map_err(|_| {
-        StoreError::Corrupt(format!("order {order_id} has an unreadable card on file"))
     })
 }
 

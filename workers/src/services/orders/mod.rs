@@ -43,13 +43,23 @@ pub enum OrdersRejection {
     Unauthenticated(TokenError),
     #[error("order {0} already exists for another customer; choose a new order id")]
     OrderExists(OrderId),
+    /// The same customer placed this order id before with other content. `difference` names
+    /// what differs; it never quotes a card token.
+    #[error(
+        "order {order_id} was already placed with {difference}; a placed order never changes: \
+         re-send it unchanged to see it, or place a new order under a new order id"
+    )]
+    OrderDiffers {
+        order_id: OrderId,
+        difference: String,
+    },
 }
 
 impl RejectionReason for OrdersRejection {
     fn code(&self) -> &'static str {
         match self {
             Self::Unauthenticated(e) => e.code(),
-            Self::OrderExists(_) => "order_exists",
+            Self::OrderExists(_) | Self::OrderDiffers { .. } => "order_exists",
         }
     }
 }
@@ -119,6 +129,40 @@ impl Placed {
                 cause == step_id(self.order_id, &format!("reserve/{}", l.product_id)).as_uuid()
             })
             .map_or(Step::Other, Step::Reserve)
+    }
+
+    /// What `command` (the same order id, the same customer) says differently from the order
+    /// as placed, for a person: `None` when it is the same order. Lines compare as a set (their
+    /// order changes nothing).
+    fn difference_from(&self, command: &eventline_events::orders::PlaceOrder) -> Option<String> {
+        let placed: std::collections::BTreeMap<&ProductId, Quantity> = self
+            .lines
+            .iter()
+            .map(|l| (&l.product_id, l.quantity))
+            .collect();
+        let sent: std::collections::BTreeMap<&ProductId, Quantity> = command
+            .lines
+            .iter()
+            .map(|l| (&l.product_id, l.quantity))
+            .collect();
+        let show = |lines: &std::collections::BTreeMap<&ProductId, Quantity>| {
+            lines
+                .iter()
+                .map(|(product, quantity)| format!("{product} x{}", quantity.get()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut differences = Vec::new();
+        if placed != sent {
+            differences.push(format!(
+                "other lines (placed: {}; this command: {})",
+                show(&placed),
+                show(&sent)
+            ));
+        }
+        // The card is not in the order's events (it stays in the service's private table), so
+        // `OrdersHandler` compares it after this decision: see `cards::card_differs`.
+        (!differences.is_empty()).then(|| differences.join(" and "))
     }
 
     fn total(&self) -> Option<Money> {
@@ -201,7 +245,18 @@ impl Aggregate for Order {
             (OrdersCommand::PlaceOrder(c), existing) => {
                 let customer = ctx.principal.as_ref().map_err(|e| OrdersRejection::Unauthenticated(e.clone()))?;
                 match existing {
-                    Some(order) if order.customer_id == customer.user_id => Ok(vec![]),
+                    // The order id is the order's natural key: the identical order again (a
+                    // client's retry under a new message id) is a success with no new effect;
+                    // other lines or another card under the same id are refused.
+                    Some(order) if order.customer_id == customer.user_id => {
+                        match order.difference_from(c) {
+                            None => Ok(vec![]),
+                            Some(difference) => Err(OrdersRejection::OrderDiffers {
+                                order_id: c.order_id,
+                                difference,
+                            }),
+                        }
+                    }
                     Some(_) => Err(OrdersRejection::OrderExists(c.order_id)),
                     None => Ok(vec![
                         OrderPlaced {
@@ -431,4 +486,95 @@ pub fn lines(items: &[(ProductId, Quantity)]) -> Result<OrderLines, String> {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod natural_key {
+    use eventline_events::orders::PlaceOrder;
+
+    use super::*;
+    use crate::runtime::handler::testing::TestContext;
+
+    fn card(token: &str) -> CardToken {
+        CardToken::parse(token.into()).unwrap()
+    }
+
+    fn place(order_id: OrderId, items: &[(&str, u32)], token: &str) -> OrdersCommand {
+        let items: Vec<(ProductId, Quantity)> = items
+            .iter()
+            .map(|(p, q)| {
+                (
+                    ProductId::parse((*p).into()).unwrap(),
+                    Quantity::parse(*q).unwrap(),
+                )
+            })
+            .collect();
+        PlaceOrder {
+            order_id,
+            lines: lines(&items).unwrap(),
+            card: card(token),
+        }
+        .into()
+    }
+
+    /// An order placed by `customer`: mug x1 and tea x2, paid with tok_visa.
+    fn given_placed(order_id: OrderId, customer: UserId) -> Order {
+        let mut order = Order::default();
+        let OrdersCommand::PlaceOrder(c) = place(order_id, &[("mug", 1), ("tea", 2)], "tok_visa")
+        else {
+            unreachable!()
+        };
+        order.apply(
+            &OrderPlaced {
+                order_id,
+                customer_id: customer,
+                lines: c.lines,
+            }
+            .into(),
+        );
+        order
+    }
+
+    #[test]
+    fn the_identical_order_again_is_a_success_with_no_new_event() {
+        let (id, customer) = (OrderId::new(), UserId::new());
+        let order = given_placed(id, customer);
+        let ctx = TestContext::customer(customer);
+        // Lines in another order are the same order.
+        let again = place(id, &[("tea", 2), ("mug", 1)], "tok_visa");
+        assert_eq!(order.decide(&again, &ctx.ctx()), Ok(vec![]));
+    }
+
+    #[test]
+    fn the_same_order_id_with_other_lines_is_refused_naming_the_difference() {
+        let (id, customer) = (OrderId::new(), UserId::new());
+        let order = given_placed(id, customer);
+        let ctx = TestContext::customer(customer);
+
+        let other_lines = place(id, &[("mug", 3)], "tok_visa");
+        let refused = order.decide(&other_lines, &ctx.ctx()).unwrap_err();
+        assert_eq!(refused.code(), "order_exists");
+        let reason = refused.to_string();
+        assert!(
+            reason.contains("other lines (placed: mug x1, tea x2; this command: mug x3)"),
+            "{reason}"
+        );
+        assert!(!reason.contains("card"), "{reason}");
+
+        // Another card is refused by `OrdersHandler`, which holds the cards (`idempotency.rs`).
+        let other_card = place(id, &[("mug", 1), ("tea", 2)], "tok_mastercard_secret");
+        assert_eq!(order.decide(&other_card, &ctx.ctx()), Ok(vec![]));
+    }
+
+    #[test]
+    fn another_customer_reusing_the_order_id_learns_nothing_about_the_order() {
+        let id = OrderId::new();
+        let order = given_placed(id, UserId::new());
+        let ctx = TestContext::customer(UserId::new());
+        let refused = order
+            .decide(&place(id, &[("mug", 3)], "tok_visa"), &ctx.ctx())
+            .unwrap_err();
+        assert_eq!(refused, OrdersRejection::OrderExists(id));
+        assert!(!refused.to_string().contains("mug"));
+    }
 }
