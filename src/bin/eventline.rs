@@ -41,8 +41,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create the database if it is missing and apply the migrations in schema/migrations.
-    /// With EVENTLINE_WORKER_DATABASE_URL set, also create that URL's user as a
-    /// least-privilege worker login (it may append to the event log, never rewrite it).
+    /// For each of EVENTLINE_{AUTH,CATALOG,ORDERS,PAYMENTS,RELAY}_DATABASE_URL that is set,
+    /// also create that URL's user as that process's least-privilege login (its own tables
+    /// and streams only; it never rewrites the event log).
     Migrate,
     /// Run one replica of a service's worker (add replicas by running more).
     Worker {
@@ -212,19 +213,20 @@ async fn run() -> anyhow::Result<()> {
             let store = EventStore::connect(&config.database_url, 2).await?;
             store.migrate().await?;
             println!("database {} is migrated", config.database_url);
-            // The workers' own login (README, "Least privilege"): created here because only an
-            // administrator can, and migrate is the one step that runs as one.
-            if let Some(worker_url) = std::env::var("EVENTLINE_WORKER_DATABASE_URL")
-                .ok()
-                .filter(|v| !v.is_empty())
-            {
-                let worker_url = eventline_workers::runtime::SecretUrl::new(worker_url);
-                let user = db_roles::ensure_worker_login(&config.database_url, &worker_url)
+            // Each service's own login (README, "Least privilege"): created here because only
+            // an administrator can, and migrate is the one step that runs as one.
+            for process in BrokerUser::ALL {
+                let var = db_roles::login_url_var(process);
+                let Some(url) = std::env::var(&var).ok().filter(|v| !v.is_empty()) else {
+                    continue;
+                };
+                let url = eventline_workers::runtime::SecretUrl::new(url);
+                let user = db_roles::ensure_login(&config.database_url, &url, process)
                     .await
-                    .context("creating the workers' login from EVENTLINE_WORKER_DATABASE_URL")?;
+                    .with_context(|| format!("creating the {process:?} login from {var}"))?;
                 println!(
-                    "login {user} is a member of {}: it may append to the event log, never rewrite it",
-                    db_roles::WORKER_ROLE
+                    "login {user} is a member of {}: its own tables and streams only; it never rewrites the log",
+                    db_roles::group_role(process)
                 );
             }
         }
@@ -474,21 +476,39 @@ async fn run() -> anyhow::Result<()> {
             );
         }
         Command::Keygen => {
-            let key = token::generate_signing_key();
-            println!(
-                "EVENTLINE_AUTH_SIGNING_KEY={}",
-                token::encode_key(&key.to_bytes())
-            );
-            println!(
-                "EVENTLINE_AUTH_PUBLIC_KEY={}",
-                token::encode_key(&key.verifying_key().to_bytes())
-            );
+            let (auth, orders) = (token::generate_signing_key(), token::generate_signing_key());
+            let mut vars = vec![
+                (
+                    "EVENTLINE_AUTH_SIGNING_KEY".to_owned(),
+                    token::encode_key(&auth.to_bytes()),
+                ),
+                (
+                    "EVENTLINE_AUTH_PUBLIC_KEY".to_owned(),
+                    token::encode_key(&auth.verifying_key().to_bytes()),
+                ),
+                // Orders signs the saga's steps with it; catalog and payments verify them.
+                (
+                    "EVENTLINE_ORDERS_SIGNING_KEY".to_owned(),
+                    token::encode_key(&orders.to_bytes()),
+                ),
+                (
+                    "EVENTLINE_ORDERS_PUBLIC_KEY".to_owned(),
+                    token::encode_key(&orders.verifying_key().to_bytes()),
+                ),
+            ];
             for user in BrokerUser::ALL {
-                println!(
-                    "{}={}",
+                vars.push((
                     broker_users::password_var(user),
-                    broker_users::generate_password()
-                );
+                    broker_users::generate_password(),
+                ));
+            }
+            if cli.json {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    vars.into_iter().map(|(k, v)| (k, v.into())).collect();
+                println!("{}", serde_json::to_string_pretty(&map)?);
+            } else {
+                vars.iter()
+                    .for_each(|(name, value)| println!("{name}={value}"));
             }
         }
         Command::BrokerUsers {
@@ -551,7 +571,13 @@ async fn run() -> anyhow::Result<()> {
                 iat: now,
                 exp: now + ttl,
             };
-            println!("{}", token::sign(&claims, &signing.0));
+            let signed = token::sign(&claims, &signing.0);
+            if cli.json {
+                let json = serde_json::json!({"token": signed, "user_id": claims.sub, "role": claims.role, "expires_at": claims.exp});
+                println!("{json}");
+            } else {
+                println!("{signed}");
+            }
         }
         Command::Demo(options) => eventline::demo::run(config, options).await?,
         Command::Chaos(options) => {
@@ -574,6 +600,21 @@ async fn run_worker(config: Config, service: Service) -> anyhow::Result<()> {
     if config.auth.verifying.is_none() {
         tracing::warn!(
             "EVENTLINE_AUTH_PUBLIC_KEY is not set: commands that need a session token will be refused"
+        );
+    }
+    if matches!(
+        service,
+        Service::Catalog | Service::Orders | Service::Payments
+    ) && config.saga.verifying.is_none()
+    {
+        tracing::warn!(
+            "EVENTLINE_ORDERS_PUBLIC_KEY is not set: saga steps (reservations, payments, timeouts) will be refused"
+        );
+    }
+    if service == Service::Orders && config.saga.signing.is_none() {
+        bail!(
+            "the orders worker needs EVENTLINE_ORDERS_SIGNING_KEY to sign the saga's steps; \
+             generate keys with `eventline keygen`"
         );
     }
     let shutdown = Shutdown::on_signals();

@@ -197,6 +197,8 @@ pub struct Config {
     /// Database connections per process.
     pub max_db_connections: u32,
     pub auth: AuthKeys,
+    /// The orders service's key pair for service credentials on saga steps.
+    pub saga: SagaKeys,
     /// How long the order saga waits for catalog and payments before cancelling an order.
     pub saga_timeout: Duration,
     pub payments: PaymentSettings,
@@ -221,6 +223,26 @@ impl fmt::Debug for SigningKey {
 }
 
 impl AuthKeys {
+    /// Keys for a signing key: the public half is derived from it.
+    pub fn from_signing(key: ed25519_dalek::SigningKey) -> Self {
+        Self {
+            verifying: Some(key.verifying_key()),
+            signing: Some(SigningKey(key)),
+        }
+    }
+}
+
+/// The orders service's keys for service credentials (see [`super::token`]): orders signs the
+/// saga steps it dispatches; catalog, payments and orders verify them with the public key.
+/// Only orders' workers should hold the signing key: a service that holds it could drive the
+/// saga's steps itself.
+#[derive(Clone, Debug, Default)]
+pub struct SagaKeys {
+    pub verifying: Option<ed25519_dalek::VerifyingKey>,
+    pub signing: Option<SigningKey>,
+}
+
+impl SagaKeys {
     /// Keys for a signing key: the public half is derived from it.
     pub fn from_signing(key: ed25519_dalek::SigningKey) -> Self {
         Self {
@@ -267,6 +289,7 @@ impl Config {
             prefetch: 64,
             max_db_connections: 8,
             auth: AuthKeys::default(),
+            saga: SagaKeys::default(),
             saga_timeout: Duration::from_secs(10),
             payments: PaymentSettings::default(),
         }
@@ -320,6 +343,18 @@ impl Config {
                 },
             )?);
         }
+        let mut saga = match key("EVENTLINE_ORDERS_SIGNING_KEY")? {
+            Some(seed) => SagaKeys::from_signing(ed25519_dalek::SigningKey::from_bytes(&seed)),
+            None => SagaKeys::default(),
+        };
+        if let Some(public) = key("EVENTLINE_ORDERS_PUBLIC_KEY")? {
+            saga.verifying = Some(ed25519_dalek::VerifyingKey::from_bytes(&public).map_err(
+                |_| ConfigError::Invalid {
+                    name: "EVENTLINE_ORDERS_PUBLIC_KEY",
+                    reason: "not a valid Ed25519 public key".to_owned(),
+                },
+            )?);
+        }
         let millis = |name: &'static str, default: u32| -> Result<Duration, ConfigError> {
             Ok(Duration::from_millis(u64::from(number(
                 name, default, 0, 86_400_000,
@@ -327,6 +362,7 @@ impl Config {
         };
         Ok(Self {
             auth,
+            saga,
             saga_timeout: millis("EVENTLINE_SAGA_TIMEOUT_MS", 10_000)?,
             payments: PaymentSettings {
                 latency: millis("EVENTLINE_PAYMENT_LATENCY_MS", 0)?,

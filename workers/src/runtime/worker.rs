@@ -26,7 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventline_events::auth::TOKEN_HEADER;
+use eventline_events::auth::{SERVICE_CREDENTIAL_HEADER, TOKEN_HEADER};
 use eventline_events::envelope::{HeaderValue, headers};
 use eventline_events::reply::REPLY_TYPE;
 use eventline_events::{
@@ -292,6 +292,20 @@ impl<H: Handler> CommandWorker<H> {
             redelivered = delivery.redelivered,
         );
         let (command, outcome) = match message.decode::<H::Command>() {
+            // Checked before the inbox claim: a forged step must not take the real step's id.
+            Ok(decoded) if self.handler.only_from_saga(&decoded.1) => {
+                match token::check_service_credential(&message, self.config.saga.verifying.as_ref())
+                {
+                    Ok(()) => (Some(decoded), None),
+                    Err(e) => (
+                        None,
+                        Some(Outcome::Poison {
+                            code: e.code(),
+                            reason: e.to_string(),
+                        }),
+                    ),
+                }
+            }
             Ok(decoded) => (Some(decoded), None),
             Err(error) => (None, Some(poison(&error))),
         };
@@ -641,8 +655,12 @@ impl<H: Handler> CommandWorker<H> {
             }
             let message = OutgoingMessage {
                 metadata,
-                body: d.body.to_string().into_bytes(),
-                extra_headers: Vec::new(),
+                body: d.body_bytes(),
+                extra_headers: d
+                    .credential
+                    .iter()
+                    .map(|c| (SERVICE_CREDENTIAL_HEADER, HeaderValue::Text(c.clone())))
+                    .collect(),
             };
             match d.to {
                 Destination::Service { service } => {

@@ -30,7 +30,12 @@ fn answer(result: serde_json::Value) -> eventline_events::Reply {
 /// Every replica also runs its service's projections; the projection's checkpoint lock makes
 /// that safe (one applies each batch, the others skip it) and keeps them current when a
 /// replica dies.
-pub async fn run(service: Service, config: Config, store: EventStore, shutdown: Shutdown) {
+pub async fn run(service: Service, mut config: Config, store: EventStore, shutdown: Shutdown) {
+    // Only orders signs saga steps; any other service handed its key (one env file for all,
+    // as in a dev setup) forgets it, so it can never drive the saga itself.
+    if service != Service::Orders {
+        config.saga.signing = None;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     match service {
         Service::Auth => {

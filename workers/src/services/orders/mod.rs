@@ -17,7 +17,7 @@
 pub mod projection;
 pub mod queries;
 
-use eventline_events::auth::UserId;
+use eventline_events::auth::{Role, UserId};
 use eventline_events::catalog::{CommitReservation, ReleaseReservation, ReserveStock};
 use eventline_events::orders::{
     ExpireOrder, LineReserved, OrderCancelled, OrderConfirmed, OrderLines, OrderPlaced,
@@ -39,6 +39,10 @@ pub enum OrdersRejection {
     Unauthenticated(TokenError),
     #[error("order {0} already exists for another customer; choose a new order id")]
     OrderExists(OrderId),
+    #[error(
+        "placing an order needs the customer role; this token is a {0:?}'s (log in as a customer)"
+    )]
+    Forbidden(Role),
 }
 
 impl RejectionReason for OrdersRejection {
@@ -46,6 +50,7 @@ impl RejectionReason for OrdersRejection {
         match self {
             Self::Unauthenticated(e) => e.code(),
             Self::OrderExists(_) => "order_exists",
+            Self::Forbidden(_) => "forbidden",
         }
     }
 }
@@ -190,6 +195,12 @@ impl Aggregate for Order {
         }
     }
 
+    /// The timeout is a message orders sends itself; from anyone else it would cancel an
+    /// order in flight.
+    fn only_from_saga(command: &OrdersCommand) -> bool {
+        matches!(command, OrdersCommand::ExpireOrder(_))
+    }
+
     fn decide(
         &self,
         command: &OrdersCommand,
@@ -198,6 +209,9 @@ impl Aggregate for Order {
         match (command, &self.0) {
             (OrdersCommand::PlaceOrder(c), existing) => {
                 let customer = ctx.principal.as_ref().map_err(|e| OrdersRejection::Unauthenticated(e.clone()))?;
+                if customer.role != Role::Customer {
+                    return Err(OrdersRejection::Forbidden(customer.role));
+                }
                 match existing {
                     Some(order) if order.customer_id == customer.user_id => Ok(vec![]),
                     Some(_) => Err(OrdersRejection::OrderExists(c.order_id)),

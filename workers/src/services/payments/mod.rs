@@ -66,6 +66,12 @@ impl<P: PaymentProvider> Handler for PaymentsHandler<P> {
     type Command = PaymentsCommand;
     const SERVICE: Service = Service::Payments;
 
+    /// Money moves only when the order saga asks: every payments command needs orders'
+    /// service credential, checked by the worker before this handler runs.
+    fn only_from_saga(&self, _command: &PaymentsCommand) -> bool {
+        true
+    }
+
     async fn handle(
         &self,
         tx: &mut CommandTx,
