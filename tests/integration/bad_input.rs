@@ -163,7 +163,7 @@ impl Message {
     }
 
     /// A saga step as orders would send it: with orders' credential.
-    fn from_saga(self, system: &TestSystem) -> Self {
+    fn signed_by_orders(self, system: &TestSystem) -> Self {
         let key = system.config.saga.signing.clone().expect("test keys").0;
         self.signed(&key)
     }
@@ -1573,7 +1573,7 @@ fn build_cases(
             "catalog.commit_reservation",
             serde_json::json!({ "product_id": "jar", "order_id": OrderId::new() }),
         )
-        .from_saga(system);
+        .signed_by_orders(system);
     c.add(
         "commit_unknown_order",
         Catalog,
@@ -1588,7 +1588,7 @@ fn build_cases(
             "catalog.reserve_stock",
             serde_json::json!({ "product_id": "jar", "order_id": OrderId::new(), "quantity": 1 }),
         )
-        .from_saga(system);
+        .signed_by_orders(system);
     c.add(
         "reserve_beyond_stock",
         Catalog,
@@ -1792,7 +1792,7 @@ fn build_cases(
             "orders.expire_order",
             serde_json::json!({ "order_id": OrderId::new() }),
         )
-        .from_saga(system);
+        .signed_by_orders(system);
     c.add(
         "expire_unknown_order",
         Orders,
@@ -1849,7 +1849,7 @@ fn build_cases(
             "payments.charge_payment",
             serde_json::json!({ "order_id": OrderId::new(), "amount": 100, "card": "tok_stolen" }),
         )
-        .from_saga(system);
+        .signed_by_orders(system);
     c.add(
         "charge_unknown_card",
         Payments,
@@ -1864,14 +1864,14 @@ fn build_cases(
             "payments.charge_payment",
             serde_json::json!({ "order_id": OrderId::new(), "amount": 100, "card": "tok_visa" }),
         )
-        .from_saga(system);
+        .signed_by_orders(system);
     c.add("charge_unknown_order", Payments, "a charge, with orders' credential, for an order id that orders never saw", m, same, Outcome::accepted(), "payments does not read orders' data (autonomy): it trusts the saga, proven by orders' signature; without it see `forged_charge_*`");
     let m = c
         .json(
             "payments.refund_payment",
             serde_json::json!({ "order_id": OrderId::new() }),
         )
-        .from_saga(system);
+        .signed_by_orders(system);
     c.add(
         "refund_unknown_order",
         Payments,
@@ -1891,7 +1891,7 @@ fn build_cases(
             "catalog.reserve_stock",
             serde_json::json!({ "product_id": "jar", "order_id": OrderId::new(), "quantity": 1 }),
         )
-        .from_saga(system);
+        .signed_by_orders(system);
     let copied = other.credential.clone().expect("signed");
     let reserve_all = serde_json::json!({ "product_id": "jar", "order_id": OrderId::new(), "quantity": 1_000_000 });
     for (name, sent, m) in [
