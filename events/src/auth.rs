@@ -179,7 +179,8 @@ pub struct RegisterUser {
     pub password: Password,
 }
 
-/// Checks a password; the reply's `result` holds a session token (`{"token", "expires_at"}`).
+/// Checks a password; the reply's `result` is `{user_id, role, token, expires_at}` (a session
+/// token and its expiry in Unix seconds).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogIn {
