@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventline_events::auth::TOKEN_HEADER;
+use eventline_events::auth::{SERVICE_CREDENTIAL_HEADER, TOKEN_HEADER};
 use eventline_events::envelope::{HeaderValue, headers};
 use eventline_events::orders::{OrderLine, OrderLines, OrdersCommand, PlaceOrder};
 use eventline_events::payments::CardToken;
@@ -16,6 +16,7 @@ use eventline_events::{
 };
 use eventline_workers::runtime::SecretUrl;
 use eventline_workers::runtime::broker::{self, BrokerError};
+use eventline_workers::runtime::token;
 use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::BasicGetOptions;
@@ -85,6 +86,8 @@ pub struct Client {
     reply_queue: String,
     pending: Pending,
     token: Option<String>,
+    /// Orders' signing key, for operator tools and tests that drive one saga step by hand.
+    saga_key: Option<ed25519_dalek::SigningKey>,
     outcomes: tokio::sync::OnceCell<Outcomes>,
 }
 
@@ -127,6 +130,7 @@ impl Client {
             reply_queue,
             pending,
             token: None,
+            saga_key: None,
             outcomes: tokio::sync::OnceCell::new(),
         })
     }
@@ -134,6 +138,15 @@ impl Client {
     /// Sends this session token (from `auth.log_in`) with every command.
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Signs every command with the orders service's credential, as orders signs its saga
+    /// steps: for an operator (or a test, or the benchmark) that holds
+    /// `EVENTLINE_ORDERS_SIGNING_KEY` and must send a reservation or payment step itself.
+    /// A client without it cannot reserve, release, commit, charge, refund or expire.
+    pub fn with_saga_key(mut self, key: ed25519_dalek::SigningKey) -> Self {
+        self.saga_key = Some(key);
         self
     }
 
@@ -276,15 +289,26 @@ impl Client {
     pub async fn publish(&self, message: &OutgoingMessage) -> Result<(), ClientError> {
         let service = service_of(&message.metadata.message_type)?;
         let with_token;
-        let message = match &self.token {
-            Some(token) => {
-                let mut m = message.clone();
+        let message = if self.token.is_some() || self.saga_key.is_some() {
+            let mut m = message.clone();
+            if let Some(token) = &self.token {
                 m.extra_headers
                     .push((TOKEN_HEADER, HeaderValue::Text(token.clone())));
-                with_token = m;
-                &with_token
             }
-            None => message,
+            if let Some(key) = &self.saga_key {
+                let credential = token::service_credential(
+                    key,
+                    &m.metadata.message_id.to_string(),
+                    &m.metadata.message_type,
+                    &m.body,
+                );
+                m.extra_headers
+                    .push((SERVICE_CREDENTIAL_HEADER, HeaderValue::Text(credential)));
+            }
+            with_token = m;
+            &with_token
+        } else {
+            message
         };
         let routing_key = if is_query(&message.metadata.message_type) {
             self.topology.query_routing_key(service)

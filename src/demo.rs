@@ -127,6 +127,11 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
                 "EVENTLINE_AUTH_PUBLIC_KEY".into(),
                 token::encode_key(&signing.verifying_key().to_bytes()),
             ),
+            // Orders signs the saga's steps; the other services only verify (they drop it).
+            (
+                "EVENTLINE_ORDERS_SIGNING_KEY".into(),
+                token::encode_key(&token::generate_signing_key().to_bytes()),
+            ),
             (
                 "EVENTLINE_SAGA_TIMEOUT_MS".into(),
                 SAGA_TIMEOUT_MS.to_string(),

@@ -53,6 +53,8 @@ pub struct System {
     admin_token: String,
     /// Signed for this run's key; what the saga point's clients place orders with.
     customer_token: String,
+    /// Orders' key: the load sends `reserve_stock`, a saga step, so it signs like orders.
+    orders_key: eventline_workers::runtime::config::SigningKey,
 }
 
 /// Where the log is, to tell how many events a load point added and how many positions
@@ -104,9 +106,16 @@ impl System {
             eventline_events::auth::Role::Customer,
             day,
         );
+        let orders_key = eventline_workers::runtime::config::SigningKey(
+            eventline_workers::runtime::token::generate_signing_key(),
+        );
         let supervisor = Supervisor::new(
             eventline,
             vec![
+                (
+                    "EVENTLINE_ORDERS_SIGNING_KEY".into(),
+                    eventline_workers::runtime::token::encode_key(&orders_key.0.to_bytes()),
+                ),
                 (
                     "EVENTLINE_AUTH_SIGNING_KEY".into(),
                     eventline_workers::runtime::token::encode_key(&signing.to_bytes()),
@@ -134,6 +143,7 @@ impl System {
             timeout: plan.request_timeout,
             admin_token,
             customer_token,
+            orders_key,
         })
     }
 
@@ -150,7 +160,12 @@ impl System {
         let mut connecting = JoinSet::new();
         for _ in 0..n {
             let (url, namespace) = (self.amqp_url.clone(), self.namespace.clone());
-            connecting.spawn(async move { Client::connect(&url, namespace).await });
+            let key = self.orders_key.0.clone();
+            connecting.spawn(async move {
+                Client::connect(&url, namespace)
+                    .await
+                    .map(|c| c.with_saga_key(key))
+            });
         }
         while let Some(joined) = connecting.join_next().await {
             let client = joined.context("connecting a client panicked")??;

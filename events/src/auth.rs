@@ -15,6 +15,10 @@ use crate::values::StreamId;
 
 /// The header that carries a session token on commands that need one.
 pub const TOKEN_HEADER: &str = "x-auth-token";
+/// The header that carries a service credential on the saga's own commands: an Ed25519
+/// signature, by the orders service's key, over the message's id, type and body. Catalog's
+/// reservation commands, payments' commands and `orders.expire_order` are refused without it.
+pub const SERVICE_CREDENTIAL_HEADER: &str = "x-eventline-service-credential";
 /// The stream category of users.
 pub const USER_STREAM_CATEGORY: &str = "auth.user";
 /// How long a session token is valid.
@@ -154,7 +158,8 @@ pub struct RegisterUser {
     pub password: Password,
 }
 
-/// Checks a password; the reply's `result` holds a session token (`{"token", "expires_at"}`).
+/// Checks a password; the reply's `result` is `{user_id, role, token, expires_at}` (a session
+/// token and its expiry in Unix seconds).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogIn {

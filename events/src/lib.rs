@@ -14,6 +14,7 @@ mod macros;
 
 pub mod auth;
 pub mod catalog;
+pub mod codes;
 pub mod envelope;
 pub mod ids;
 pub mod orders;

@@ -15,6 +15,7 @@ FROM event_log
 WHERE event_type = 'orders.order_placed' AND data ? 'card'
 ON CONFLICT DO NOTHING;
 
--- The worker role (migration 0003): record a card once, read it back. Never change one.
+-- Record a card once, read it back; never change one.
 REVOKE ALL ON orders_cards FROM PUBLIC;
-GRANT SELECT, INSERT ON orders_cards TO eventline_worker;
+-- Orders' own table (0006): no other service's login may read a card.
+GRANT SELECT, INSERT ON orders_cards TO eventline_orders;

@@ -243,6 +243,11 @@ pub async fn run_scenario(
                 "EVENTLINE_AUTH_SIGNING_KEY".into(),
                 token::encode_key(&signing.to_bytes()),
             ),
+            // Orders signs the saga's steps; the other services only verify (they drop it).
+            (
+                "EVENTLINE_ORDERS_SIGNING_KEY".into(),
+                token::encode_key(&token::generate_signing_key().to_bytes()),
+            ),
             ("EVENTLINE_SAGA_TIMEOUT_MS".into(), "5000".into()),
             ("RUST_LOG".into(), "info,lapin=off".into()),
         ],

@@ -18,12 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventline::client::parse_order;
-use eventline_events::auth::{Role, TOKEN_HEADER};
+use eventline_events::auth::{Role, SERVICE_CREDENTIAL_HEADER, TOKEN_HEADER};
 use eventline_events::catalog::{AddProduct, CatalogCommand, ChangePrice, Restock};
 use eventline_events::envelope::headers;
 use eventline_events::values::{Money, OrderId, ProductName, Quantity, StockLevel};
 use eventline_events::{CorrelationId, IncomingMessage, Metadata, OutgoingMessage, Reply, Service};
-use eventline_workers::runtime::broker;
+use eventline_workers::runtime::{broker, token};
 use futures_util::StreamExt;
 use lapin::options::BasicGetOptions;
 use lapin::types::{AMQPValue, FieldTable};
@@ -125,6 +125,8 @@ struct Message {
     metadata: Metadata,
     body: Vec<u8>,
     token: Option<String>,
+    /// The `x-eventline-service-credential` header, if any.
+    credential: Option<AMQPValue>,
 }
 
 impl Message {
@@ -135,6 +137,7 @@ impl Message {
             metadata,
             body: body.into(),
             token: None,
+            credential: None,
         }
     }
 
@@ -145,6 +148,24 @@ impl Message {
     fn token(mut self, token: &str) -> Self {
         self.token = Some(token.to_owned());
         self
+    }
+
+    /// Signed with `key` as orders signs a saga step (over this id, type and body).
+    fn signed(mut self, key: &ed25519_dalek::SigningKey) -> Self {
+        let credential = token::service_credential(
+            key,
+            &self.metadata.message_id.to_string(),
+            &self.metadata.message_type,
+            &self.body,
+        );
+        self.credential = Some(text(&credential));
+        self
+    }
+
+    /// A saga step as orders would send it: with orders' credential.
+    fn signed_by_orders(self, system: &TestSystem) -> Self {
+        let key = system.config.saga.signing.clone().expect("test keys").0;
+        self.signed(&key)
     }
 
     fn properties(&self) -> BasicProperties {
@@ -159,7 +180,13 @@ impl Message {
                 eventline_events::envelope::HeaderValue::Text(token.clone()),
             ));
         }
-        broker::properties(&message)
+        let properties = broker::properties(&message);
+        match &self.credential {
+            Some(credential) => edit_headers(properties, |h| {
+                h.insert(SERVICE_CREDENTIAL_HEADER.into(), credential.clone());
+            }),
+            None => properties,
+        }
     }
 }
 
@@ -1526,7 +1553,7 @@ fn build_cases(
             "catalog.commit_reservation",
             serde_json::json!({ "product_id": "jar", "order_id": OrderId::new() }),
         )
-        .token(admin);
+        .signed_by_orders(system);
     c.add(
         "commit_unknown_order",
         Catalog,
@@ -1541,7 +1568,7 @@ fn build_cases(
             "catalog.reserve_stock",
             serde_json::json!({ "product_id": "jar", "order_id": OrderId::new(), "quantity": 1 }),
         )
-        .token(admin);
+        .signed_by_orders(system);
     c.add(
         "reserve_beyond_stock",
         Catalog,
@@ -1798,10 +1825,12 @@ fn build_cases(
         .token(customer);
     let case = c.add("order_line_as_array", Orders, "an order line as `[\"mug\", 1]` instead of an object", m, same, Outcome::accepted().order("confirmed"), "known gap: only the top level of a body is checked to be an object; serde reads a nested struct from an array by position");
     case.order = Some(nested);
-    let m = c.json(
-        "orders.expire_order",
-        serde_json::json!({ "order_id": OrderId::new() }),
-    );
+    let m = c
+        .json(
+            "orders.expire_order",
+            serde_json::json!({ "order_id": OrderId::new() }),
+        )
+        .signed_by_orders(system);
     c.add(
         "expire_unknown_order",
         Orders,
@@ -1853,10 +1882,12 @@ fn build_cases(
             "",
         );
     }
-    let m = c.json(
-        "payments.charge_payment",
-        serde_json::json!({ "order_id": OrderId::new(), "amount": 100, "card": "tok_stolen" }),
-    );
+    let m = c
+        .json(
+            "payments.charge_payment",
+            serde_json::json!({ "order_id": OrderId::new(), "amount": 100, "card": "tok_stolen" }),
+        )
+        .signed_by_orders(system);
     c.add(
         "charge_unknown_card",
         Payments,
@@ -1866,15 +1897,19 @@ fn build_cases(
         Outcome::rejected("payment_unknown_card"),
         "",
     );
-    let m = c.json(
-        "payments.charge_payment",
-        serde_json::json!({ "order_id": OrderId::new(), "amount": 100, "card": "tok_visa" }),
-    );
-    c.add("charge_unknown_order", Payments, "a charge for an order id that orders never saw", m, same, Outcome::accepted(), "payments does not read orders' data (autonomy): it trusts whoever may publish to its queue, i.e. the saga; narrowing who may is the per-service broker users' job");
-    let m = c.json(
-        "payments.refund_payment",
-        serde_json::json!({ "order_id": OrderId::new() }),
-    );
+    let m = c
+        .json(
+            "payments.charge_payment",
+            serde_json::json!({ "order_id": OrderId::new(), "amount": 100, "card": "tok_visa" }),
+        )
+        .signed_by_orders(system);
+    c.add("charge_unknown_order", Payments, "a charge, with orders' credential, for an order id that orders never saw", m, same, Outcome::accepted(), "payments does not read orders' data (autonomy): it trusts the saga, proven by orders' signature; without it see `forged_charge_*`");
+    let m = c
+        .json(
+            "payments.refund_payment",
+            serde_json::json!({ "order_id": OrderId::new() }),
+        )
+        .signed_by_orders(system);
     c.add(
         "refund_unknown_order",
         Payments,
@@ -1883,6 +1918,121 @@ fn build_cases(
         same,
         Outcome::accepted(),
         "closes the payment with amount 0, so a late charge is refused",
+    );
+
+    // Saga steps from anyone but the order saga: refused before their id is claimed, so a
+    // forged step cannot take a real step's (predictable) id; dead-lettered for operators.
+    let saga_only = "only the order saga may send it: orders signs each step with its own key; tokens do not count";
+    let foreign_key = token::generate_signing_key();
+    let other = c
+        .json(
+            "catalog.reserve_stock",
+            serde_json::json!({ "product_id": "jar", "order_id": OrderId::new(), "quantity": 1 }),
+        )
+        .signed_by_orders(system);
+    let copied = other.credential.clone().expect("signed");
+    let reserve_all = serde_json::json!({ "product_id": "jar", "order_id": OrderId::new(), "quantity": 1_000_000 });
+    for (name, sent, m) in [
+        (
+            "forged_reserve_customer",
+            "`catalog.reserve_stock` with a customer's token",
+            c.json("catalog.reserve_stock", reserve_all.clone())
+                .token(customer),
+        ),
+        (
+            "forged_reserve_admin",
+            "`catalog.reserve_stock` with an admin's token",
+            c.json("catalog.reserve_stock", reserve_all.clone())
+                .token(admin),
+        ),
+        (
+            "forged_reserve_foreign_key",
+            "`catalog.reserve_stock` with a credential signed by another key (another service's)",
+            c.json("catalog.reserve_stock", reserve_all.clone())
+                .signed(&foreign_key),
+        ),
+        (
+            "forged_release_copied_credential",
+            "`catalog.release_reservation` carrying the credential of another (real) saga step",
+            {
+                let mut m = c.json(
+                    "catalog.release_reservation",
+                    serde_json::json!({ "product_id": "jar", "order_id": taken.order_id }),
+                );
+                m.credential = Some(copied.clone());
+                m
+            },
+        ),
+        (
+            "forged_commit_no_credential",
+            "`catalog.commit_reservation` without a credential",
+            c.json(
+                "catalog.commit_reservation",
+                serde_json::json!({ "product_id": "jar", "order_id": taken.order_id }),
+            )
+            .token(admin),
+        ),
+        (
+            "forged_credential_not_text",
+            "`catalog.reserve_stock` whose credential header is an integer",
+            {
+                let mut m = c.json("catalog.reserve_stock", reserve_all.clone());
+                m.credential = Some(AMQPValue::LongLongInt(7));
+                m
+            },
+        ),
+    ] {
+        c.add(
+            name,
+            Catalog,
+            sent,
+            m,
+            same,
+            Outcome::poison("forbidden"),
+            saga_only,
+        );
+    }
+    for (name, sent, m) in [
+        ("forged_charge_unknown_order", "`payments.charge_payment` of 123 for an order that does not exist, no credential", c.json("payments.charge_payment", serde_json::json!({ "order_id": OrderId::new(), "amount": 123, "card": "tok_visa" })).token(customer)),
+        ("forged_refund_confirmed_order", "`payments.refund_payment` of a confirmed (paid) order, admin token", c.json("payments.refund_payment", serde_json::json!({ "order_id": taken.order_id })).token(admin)),
+        ("forged_refund_foreign_key", "`payments.refund_payment` of a confirmed order, signed by another key", c.json("payments.refund_payment", serde_json::json!({ "order_id": taken.order_id })).signed(&foreign_key)),
+    ] {
+        c.add(name, Payments, sent, m, same, Outcome::poison("forbidden"), saga_only);
+    }
+    let m = c
+        .json(
+            "orders.expire_order",
+            serde_json::json!({ "order_id": taken.order_id }),
+        )
+        .token(customer);
+    c.add(
+        "forged_expire_order",
+        Orders,
+        "`orders.expire_order` for another customer's order, customer token",
+        m,
+        same,
+        Outcome::poison("forbidden"),
+        "the timeout is a message orders sends itself",
+    );
+    // Token roles as the contract states them.
+    let m = c
+        .json(
+            "orders.place_order",
+            order_body(
+                OrderId::new(),
+                serde_json::json!([line("mug", 1)]),
+                "tok_visa",
+            ),
+        )
+        .token(admin);
+    c.add(
+        "order_with_admin_token",
+        Orders,
+        "`orders.place_order` with an admin's token",
+        m,
+        same,
+        Outcome::rejected("forbidden"),
+        "placing an order needs the customer role",
     );
 
     // Auth.

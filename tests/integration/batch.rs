@@ -135,7 +135,7 @@ async fn a_batch_settles_a_duplicate_poison_and_a_lost_race_each_as_if_alone() {
     let twice = reservation("a");
     let mut messages = fresh.clone();
     messages.extend([twice.clone(), twice.clone(), earlier.clone()]);
-    let client = Arc::new(system.client_with_token(None).await);
+    let client = Arc::new(system.saga_client().await);
     let requests = tokio::spawn({
         let client = client.clone();
         let messages = messages.clone();

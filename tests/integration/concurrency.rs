@@ -9,10 +9,7 @@ use crate::support::TestSystem;
 #[tokio::test]
 async fn concurrent_reservations_from_two_workers_never_oversell() {
     let mut system = TestSystem::with_catalog(2).await;
-    let second_client =
-        eventline::Client::connect(&system.config.amqp_url, system.namespace.clone())
-            .await
-            .unwrap();
+    let second_client = system.saga_client().await;
     system.add_product("tea", 50).await;
 
     // 120 reservations of 1 for 50 items, half from each client, all in flight at once.

@@ -456,7 +456,11 @@ async fn the_worker_login_prunes_only_through_the_window_function() {
         crate::least_privilege::with_user(&system.config.database_url, &name, "not-a-real-secret");
     let _login = crate::least_privilege::Login {
         admin_url: system.config.database_url.clone(),
-        name: db_roles::ensure_worker_login(&system.config.database_url, &worker_url)
+        name: db_roles::ensure_login(
+            &system.config.database_url,
+            &worker_url,
+            eventline_events::topology::BrokerUser::Service(Service::Catalog),
+        )
             .await
             .expect("create the worker login"),
     };

@@ -1,5 +1,6 @@
-//! Least privilege: the workers' database login can append to the log but never rewrite it,
-//! and each service's broker user reaches only its own queues.
+//! Least privilege: each service's database login reads and writes only its own tables,
+//! appends only its own streams and never rewrites the log; the relay's only reads the log and
+//! keeps its checkpoint; and each service's broker user reaches only its own queues.
 
 use eventline::broker_users::{self, NewUser};
 use eventline_events::Service;
@@ -51,87 +52,189 @@ pub(crate) fn with_user(url: &SecretUrl, user: &str, password: &str) -> SecretUr
     ))
 }
 
-#[tokio::test]
-async fn the_worker_login_appends_to_the_log_but_cannot_rewrite_it() {
-    let system = TestSystem::start().await;
-    let name = format!("t_worker_{}", uuid::Uuid::now_v7().simple());
-    let worker_url = with_user(&system.config.database_url, &name, "not-a-real-secret");
+/// Creates `process`'s login for this test (a unique name); dropped with the guard.
+async fn login_for(system: &TestSystem, process: BrokerUser) -> (Login, SecretUrl) {
+    let name = format!("t_{}_{}", process.name(), uuid::Uuid::now_v7().simple());
+    let url = with_user(&system.config.database_url, &name, "not-a-real-secret");
     let login = Login {
         admin_url: system.config.database_url.clone(),
-        name: db_roles::ensure_worker_login(&system.config.database_url, &worker_url)
+        name: db_roles::ensure_login(&system.config.database_url, &url, process)
             .await
-            .expect("create the worker login"),
+            .expect("create the login"),
     };
     assert_eq!(login.name, name);
     // Idempotent: the compose `migrate` service runs it on every `up`.
-    db_roles::ensure_worker_login(&system.config.database_url, &worker_url)
+    db_roles::ensure_login(&system.config.database_url, &url, process)
         .await
-        .expect("ensure the worker login a second time");
+        .expect("ensure the login a second time");
+    (login, url)
+}
 
-    // A catalog worker (with its projection) and the relay, connected as the worker login,
-    // do their whole job: inbox, append, reply, read model, checkpoints.
-    let config = Config {
-        database_url: worker_url.clone(),
+/// Runs `sql` as the login of `url`; returns the error text, or panics if it succeeded.
+async fn refused(conn: &mut sqlx::PgConnection, sql: &str) -> String {
+    sqlx::query(sql)
+        .execute(&mut *conn)
+        .await
+        .expect_err(sql)
+        .to_string()
+}
+
+#[tokio::test]
+async fn each_login_does_its_job_and_touches_only_its_own_tables_and_streams() {
+    let mut system = TestSystem::start().await;
+    let (catalog_login, catalog_url) =
+        login_for(&system, BrokerUser::Service(Service::Catalog)).await;
+    let (relay_login, relay_url) = login_for(&system, BrokerUser::Relay).await;
+    // Something of auth's and orders' in the tables, so that "cannot see" is not "is empty".
+    system.start_service(Service::Auth, "auth-1");
+    system.start_service(Service::Orders, "orders-1");
+    system.wait_for_consumers(Service::Auth, 1).await;
+    system.wait_for_consumers(Service::Orders, 1).await;
+
+    // A catalog worker (with its projection) connected as the catalog login, and the relay as
+    // the relay login, do their whole job: inbox, append, reply, read model, checkpoints.
+    let catalog_config = Config {
+        database_url: catalog_url.clone(),
         replica: "catalog-least".into(),
         ..system.config.clone()
     };
-    let store = EventStore::connect_lazy(&worker_url, 4).expect("a pool");
+    let relay_config = Config {
+        database_url: relay_url.clone(),
+        replica: "relay-least".into(),
+        ..system.config.clone()
+    };
+    let catalog_store = EventStore::connect_lazy(&catalog_url, 4).expect("a pool");
+    let relay_store = EventStore::connect_lazy(&relay_url, 2).expect("a pool");
     let shutdown = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(services::run(
         Service::Catalog,
-        config.clone(),
-        store.clone(),
+        catalog_config,
+        catalog_store.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(Relay::new(config, store.clone()).run(shutdown.clone()));
+    tasks.spawn(Relay::new(relay_config, relay_store.clone()).run(shutdown.clone()));
     system.wait_for_consumers(Service::Catalog, 1).await;
     assert!(system.add_product("tea", 5).await.is_accepted());
     assert!(system.reserve("tea", OrderId::new(), 2).await.is_accepted());
+    let register =
+        eventline_events::auth::AuthCommand::from(eventline_events::auth::RegisterUser {
+            email: eventline_events::auth::Email::parse("least@example.com".into()).unwrap(),
+            password: eventline_events::auth::Password::parse("correct horse battery".into())
+                .unwrap(),
+        });
+    assert!(
+        system
+            .client
+            .request(&register, crate::support::PATIENCE)
+            .await
+            .unwrap()
+            .is_accepted()
+    );
     system.wait_for_projection().await;
     system.wait_for_checkpoint(relay::CHECKPOINT).await;
     assert_eq!(system.stock("tea").await, (3, 2, 0));
+    assert_eq!(
+        system.count("SELECT count(*) FROM auth_credentials").await,
+        1
+    );
+    let log_before = system.count("SELECT count(*) FROM event_log").await;
 
-    let mut conn = sqlx::PgConnection::connect(worker_url.expose())
+    let mut catalog = sqlx::PgConnection::connect(catalog_url.expose())
         .await
-        .expect("connect as the worker login");
+        .expect("connect as the catalog login");
     for sql in [
+        // Another service's tables.
+        "SELECT count(*) FROM auth_credentials",
+        "SELECT count(*) FROM orders_view",
+        // The log is append-only for everyone.
         "UPDATE event_log SET data = '{}'",
         "DELETE FROM event_log",
         "TRUNCATE event_log",
-        "UPDATE auth_credentials SET password_hash = '$argon2id$x'",
         "DELETE FROM processed_messages",
         "CREATE TABLE mine (id int)",
     ] {
-        let error = sqlx::query(sql)
-            .execute(&mut conn)
-            .await
-            .expect_err(sql)
-            .to_string();
+        let error = refused(&mut catalog, sql).await;
         // Refused by the privilege check, not (only) by the append-only trigger.
         assert!(error.contains("permission denied"), "{sql}: {error}");
     }
-    assert_eq!(system.count("SELECT count(*) FROM event_log").await, 2);
-    let _ = conn.close().await;
+    // Another service's stream: refused by row-level security.
+    let forged = format!(
+        "INSERT INTO event_log (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
+         VALUES ('orders.order-{0}', 1, '{0}', 'orders.order_confirmed', 1, '{{}}', '{{}}')",
+        uuid::Uuid::now_v7()
+    );
+    let error = refused(&mut catalog, &forged).await;
+    assert!(error.contains("row-level security"), "{error}");
+    // Other services' inbox rows (stored replies, dispatched charges with card tokens) are
+    // invisible, its own are there.
+    let inbox: Vec<String> = sqlx::query_scalar("SELECT DISTINCT consumer FROM processed_messages")
+        .fetch_all(&mut catalog)
+        .await
+        .unwrap();
+    assert_eq!(inbox, ["catalog.commands"]);
+    assert!(
+        system
+            .count("SELECT count(*) FROM processed_messages WHERE consumer = 'auth.commands'")
+            .await
+            >= 1
+    );
+    let _ = catalog.close().await;
+
+    // The relay reads the log and writes its checkpoint, and nothing else.
+    let mut relay = sqlx::PgConnection::connect(relay_url.expose())
+        .await
+        .expect("connect as the relay login");
+    for sql in [
+        "SELECT count(*) FROM auth_credentials",
+        "SELECT count(*) FROM catalog_products",
+        "SELECT count(*) FROM processed_messages",
+        "INSERT INTO event_log (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
+         VALUES ('catalog.product-x', 1, gen_random_uuid(), 'catalog.product_added', 1, '{}', '{}')",
+    ] {
+        let error = refused(&mut relay, sql).await;
+        assert!(error.contains("permission denied"), "{sql}: {error}");
+    }
+    let _ = relay.close().await;
+    assert_eq!(
+        system.count("SELECT count(*) FROM event_log").await,
+        log_before
+    );
 
     shutdown.trigger();
     while tasks.join_next().await.is_some() {}
-    store.pool().close().await;
+    catalog_store.pool().close().await;
+    relay_store.pool().close().await;
     system.stop().await;
-    drop(login);
+    drop((catalog_login, relay_login));
 }
 
 #[tokio::test]
-async fn a_superuser_is_refused_as_the_worker_login() {
+async fn a_superuser_or_another_service_s_login_is_refused() {
     let system = TestSystem::start().await;
     // The harness's own user is the server's administrator.
-    let error =
-        db_roles::ensure_worker_login(&system.config.database_url, &system.config.database_url)
-            .await
-            .expect_err("the administrator must not become a worker login")
-            .to_string();
+    let error = db_roles::ensure_login(
+        &system.config.database_url,
+        &system.config.database_url,
+        BrokerUser::Service(Service::Catalog),
+    )
+    .await
+    .expect_err("the administrator must not become a worker login")
+    .to_string();
     assert!(error.contains("superuser"), "{error}");
+    // One login for two services would hold both roles' privileges.
+    let (login, url) = login_for(&system, BrokerUser::Service(Service::Catalog)).await;
+    let error = db_roles::ensure_login(
+        &system.config.database_url,
+        &url,
+        BrokerUser::Service(Service::Auth),
+    )
+    .await
+    .expect_err("the catalog's login must not become auth's too")
+    .to_string();
+    assert!(error.contains("another service"), "{error}");
     system.stop().await;
+    drop(login);
 }
 
 /// Per-test broker users, deleted at the end even if the test panics.

@@ -5,6 +5,7 @@ mod support;
 
 mod append_only;
 mod auth;
+mod authority;
 mod bad_input;
 mod batch;
 mod catalog;

@@ -1,5 +1,6 @@
-//! `eventline keygen`: a fresh Ed25519 key pair for session tokens and fresh passwords for
-//! the per-service broker users, printed as environment variables.
+//! `eventline keygen`: fresh Ed25519 key pairs (auth's, for session tokens; orders', for the
+//! saga's step credentials) and fresh passwords for the per-service broker users, printed as
+//! environment variables (or one JSON object with `--json`).
 //!
 //! It must never write the secrets anywhere but stdout: where they are kept is the
 //! operator's choice.
@@ -10,22 +11,40 @@ use eventline_workers::runtime::token;
 
 use crate::{Exit, Globals};
 
-pub fn run(_globals: Globals) -> anyhow::Result<Exit> {
-    let key = token::generate_signing_key();
-    println!(
-        "EVENTLINE_AUTH_SIGNING_KEY={}",
-        token::encode_key(&key.to_bytes())
-    );
-    println!(
-        "EVENTLINE_AUTH_PUBLIC_KEY={}",
-        token::encode_key(&key.verifying_key().to_bytes())
-    );
+pub fn run(globals: Globals) -> anyhow::Result<Exit> {
+    let (auth, orders) = (token::generate_signing_key(), token::generate_signing_key());
+    let mut vars = vec![
+        (
+            "EVENTLINE_AUTH_SIGNING_KEY".to_owned(),
+            token::encode_key(&auth.to_bytes()),
+        ),
+        (
+            "EVENTLINE_AUTH_PUBLIC_KEY".to_owned(),
+            token::encode_key(&auth.verifying_key().to_bytes()),
+        ),
+        // Orders signs the saga's steps with it; catalog and payments verify them.
+        (
+            "EVENTLINE_ORDERS_SIGNING_KEY".to_owned(),
+            token::encode_key(&orders.to_bytes()),
+        ),
+        (
+            "EVENTLINE_ORDERS_PUBLIC_KEY".to_owned(),
+            token::encode_key(&orders.verifying_key().to_bytes()),
+        ),
+    ];
     for user in BrokerUser::ALL {
-        println!(
-            "{}={}",
+        vars.push((
             broker_users::password_var(user),
-            broker_users::generate_password()
-        );
+            broker_users::generate_password(),
+        ));
+    }
+    if globals.json {
+        let map: serde_json::Map<String, serde_json::Value> =
+            vars.into_iter().map(|(k, v)| (k, v.into())).collect();
+        println!("{}", serde_json::to_string_pretty(&map)?);
+    } else {
+        vars.iter()
+            .for_each(|(name, value)| println!("{name}={value}"));
     }
     Ok(Exit::Success)
 }

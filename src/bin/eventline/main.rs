@@ -54,8 +54,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create the database if it is missing and apply the migrations in schema/migrations.
-    /// With EVENTLINE_WORKER_DATABASE_URL set, also create that URL's user as a
-    /// least-privilege worker login (it may append to the event log, never rewrite it).
+    /// For each of EVENTLINE_{AUTH,CATALOG,ORDERS,PAYMENTS,RELAY}_DATABASE_URL that is set,
+    /// also create that URL's user as that process's least-privilege login (its own tables
+    /// and streams only; it never rewrites the event log).
     Migrate,
     /// Run one replica of a service's worker (add replicas by running more).
     Worker(worker::Args),

@@ -35,6 +35,12 @@ pub fn run(Args { role, user, ttl }: Args, globals: Globals) -> anyhow::Result<E
         iat: now,
         exp: now + ttl,
     };
-    println!("{}", token::sign(&claims, &signing.0));
+    let signed = token::sign(&claims, &signing.0);
+    if globals.json {
+        let json = serde_json::json!({"token": signed, "user_id": claims.sub, "role": claims.role, "expires_at": claims.exp});
+        println!("{json}");
+    } else {
+        println!("{signed}");
+    }
     Ok(Exit::Success)
 }

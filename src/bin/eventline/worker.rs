@@ -30,6 +30,21 @@ pub async fn run(Args { service }: Args, globals: Globals) -> anyhow::Result<Exi
             "EVENTLINE_AUTH_PUBLIC_KEY is not set: commands that need a session token will be refused"
         );
     }
+    if matches!(
+        service,
+        Service::Catalog | Service::Orders | Service::Payments
+    ) && config.saga.verifying.is_none()
+    {
+        tracing::warn!(
+            "EVENTLINE_ORDERS_PUBLIC_KEY is not set: saga steps (reservations, payments, timeouts) will be refused"
+        );
+    }
+    if service == Service::Orders && config.saga.signing.is_none() {
+        bail!(
+            "the orders worker needs EVENTLINE_ORDERS_SIGNING_KEY to sign the saga's steps; \
+             generate keys with `eventline keygen`"
+        );
+    }
     let shutdown = Shutdown::on_signals();
     let store = wait_for_database(&config).await?;
     services::run(service, config, store, shutdown).await;

@@ -23,7 +23,7 @@ use eventline_events::catalog::{AddProduct, CatalogCommand, ReserveStock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{Namespace, Reply, Service, Topology};
 use eventline_workers::runtime::Handler;
-use eventline_workers::runtime::config::{self, AuthKeys, PaymentSettings, RetryPolicy};
+use eventline_workers::runtime::config::{self, AuthKeys, PaymentSettings, RetryPolicy, SagaKeys};
 use eventline_workers::runtime::relay::{Relay, RelayProgress};
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::worker::CommandWorker;
@@ -95,6 +95,8 @@ impl TestSystem {
             .expect("connect to the test database");
         store.migrate().await.expect("migrate the test database");
         let signing = token::generate_signing_key();
+        // Orders' key for service credentials: its workers sign the saga's steps with it.
+        let orders_key = token::generate_signing_key();
         let config = Config {
             amqp_url: services.amqp_url.clone(),
             database_url,
@@ -103,6 +105,7 @@ impl TestSystem {
             prefetch: 16,
             max_db_connections: 8,
             auth: AuthKeys::from_signing(signing.clone()),
+            saga: SagaKeys::from_signing(orders_key.clone()),
             saga_timeout: Duration::from_secs(3),
             payments: PaymentSettings {
                 slow_delay: Duration::from_secs(6),
@@ -127,7 +130,10 @@ impl TestSystem {
         let client = Client::connect(&config.amqp_url, namespace.clone())
             .await
             .expect("connect the client")
-            .with_token(mint(&signing, Role::Admin, Duration::from_secs(3600)));
+            .with_token(mint(&signing, Role::Admin, Duration::from_secs(3600)))
+            // The operator's client: it may also send a single saga step (tests of the
+            // catalog's reservation rules do). Clients from `client_with_token` may not.
+            .with_saga_key(orders_key);
         Self {
             namespace,
             topology,
@@ -143,7 +149,7 @@ impl TestSystem {
     }
 
     /// A system with `replicas` in-process catalog workers (each also runs the products
-    /// projection). The client holds an admin token.
+    /// projection). The client holds an admin token and orders' signing key.
     pub async fn with_catalog(replicas: usize) -> Self {
         let mut system = Self::start().await;
         for i in 1..=replicas {
@@ -203,7 +209,8 @@ impl TestSystem {
         mint(signing, role, lifetime)
     }
 
-    /// A client with its own connection and the given token.
+    /// A client with its own connection and the given token, and no service credential: what
+    /// any customer, admin or other service can send.
     pub async fn client_with_token(&self, token: Option<String>) -> Client {
         let client = Client::connect(&self.config.amqp_url, self.namespace.clone())
             .await
@@ -212,6 +219,20 @@ impl TestSystem {
             Some(token) => client.with_token(token),
             None => client,
         }
+    }
+
+    /// A client with its own connection that signs what it sends with orders' key, as the
+    /// saga does: for tests that drive catalog's or payments' steps directly.
+    pub async fn saga_client(&self) -> Client {
+        let key = self
+            .config
+            .saga
+            .signing
+            .as_ref()
+            .expect("test keys")
+            .0
+            .clone();
+        self.client_with_token(None).await.with_saga_key(key)
     }
 
     /// Waits until `n` consumers are attached to the catalog's command queue.
@@ -275,6 +296,18 @@ impl TestSystem {
                         token::encode_key(
                             &config
                                 .auth
+                                .signing
+                                .as_ref()
+                                .expect("test keys")
+                                .0
+                                .to_bytes(),
+                        ),
+                    ),
+                    (
+                        "EVENTLINE_ORDERS_SIGNING_KEY".into(),
+                        token::encode_key(
+                            &config
+                                .saga
                                 .signing
                                 .as_ref()
                                 .expect("test keys")

@@ -52,6 +52,16 @@ pub trait Aggregate: State {
     fn dispatch(&self, _event: &Self::Event, _ctx: &Context<'_>) -> Vec<Dispatch> {
         Vec::new()
     }
+
+    /// Whether only the order saga may send `command` (see [`Handler::only_from_saga`]).
+    fn only_from_saga(_command: &Self::Command) -> bool {
+        false
+    }
+}
+
+/// Dispatches with the orders service's credential when this process holds its key.
+fn signed(dispatch: Vec<Dispatch>, ctx: &Context<'_>) -> impl Iterator<Item = Dispatch> {
+    dispatch.into_iter().map(|d| d.signed(&ctx.config.saga))
 }
 
 /// A domain rejection: a normal outcome, reported to the sender with a stable code.
@@ -136,6 +146,10 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
     // The append is the only write, and it comes last.
     const BATCH: bool = true;
 
+    fn only_from_saga(&self, command: &A::Command) -> bool {
+        A::only_from_saga(command)
+    }
+
     fn stream_hint(&self, command: &A::Command, ctx: &Context<'_>) -> Option<StreamId> {
         Some(A::stream_id(command, ctx))
     }
@@ -168,7 +182,7 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
         let mut dispatch = Vec::new();
         for event in &events {
             state.apply(event);
-            dispatch.extend(state.dispatch(event, ctx));
+            dispatch.extend(signed(state.dispatch(event, ctx), ctx));
         }
         self.remember(tx, stream_id.clone(), state, version + events.len() as i64);
         let reply = accepted(stream_id, version, new_events, None);
@@ -234,7 +248,7 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
                         let mut dispatch = Vec::new();
                         for event in &events {
                             state.apply(event);
-                            dispatch.extend(state.dispatch(event, ctx));
+                            dispatch.extend(signed(state.dispatch(event, ctx), ctx));
                         }
                         let expected = *version;
                         *version += events.len() as i64;

@@ -50,7 +50,7 @@ impl SecretUrl {
     }
 
     /// The user name and password in the URL's authority, percent-decoded. For creating the
-    /// login a URL names (`eventline migrate` with EVENTLINE_WORKER_DATABASE_URL); never log
+    /// login a URL names (`eventline migrate` with EVENTLINE_{SERVICE}_DATABASE_URL); never log
     /// the password.
     pub fn credentials(&self) -> Option<(String, Option<String>)> {
         let (userinfo, _host) = self.authority().rsplit_once('@')?;
@@ -197,6 +197,8 @@ pub struct Config {
     /// Database connections per process.
     pub max_db_connections: u32,
     pub auth: AuthKeys,
+    /// The orders service's key pair for service credentials on saga steps.
+    pub saga: SagaKeys,
     /// How long the order saga waits for catalog and payments before cancelling an order.
     pub saga_timeout: Duration,
     pub payments: PaymentSettings,
@@ -275,6 +277,26 @@ impl AuthKeys {
     }
 }
 
+/// The orders service's keys for service credentials (see [`super::token`]): orders signs the
+/// saga steps it dispatches; catalog, payments and orders verify them with the public key.
+/// Only orders' workers should hold the signing key: a service that holds it could drive the
+/// saga's steps itself.
+#[derive(Clone, Debug, Default)]
+pub struct SagaKeys {
+    pub verifying: Option<ed25519_dalek::VerifyingKey>,
+    pub signing: Option<SigningKey>,
+}
+
+impl SagaKeys {
+    /// Keys for a signing key: the public half is derived from it.
+    pub fn from_signing(key: ed25519_dalek::SigningKey) -> Self {
+        Self {
+            verifying: Some(key.verifying_key()),
+            signing: Some(SigningKey(key)),
+        }
+    }
+}
+
 /// The simulated payment provider's behaviour (see `services::payments::provider`).
 #[derive(Clone, Debug)]
 pub struct PaymentSettings {
@@ -317,6 +339,7 @@ impl Config {
             prefetch: 64,
             max_db_connections: 8,
             auth: AuthKeys::default(),
+            saga: SagaKeys::default(),
             saga_timeout: Duration::from_secs(10),
             payments: PaymentSettings::default(),
             retry: RetryPolicy::default(),
@@ -375,6 +398,18 @@ impl Config {
                 },
             )?);
         }
+        let mut saga = match key("EVENTLINE_ORDERS_SIGNING_KEY")? {
+            Some(seed) => SagaKeys::from_signing(ed25519_dalek::SigningKey::from_bytes(&seed)),
+            None => SagaKeys::default(),
+        };
+        if let Some(public) = key("EVENTLINE_ORDERS_PUBLIC_KEY")? {
+            saga.verifying = Some(ed25519_dalek::VerifyingKey::from_bytes(&public).map_err(
+                |_| ConfigError::Invalid {
+                    name: "EVENTLINE_ORDERS_PUBLIC_KEY",
+                    reason: "not a valid Ed25519 public key".to_owned(),
+                },
+            )?);
+        }
         let millis = |name: &'static str, default: u32| -> Result<Duration, ConfigError> {
             Ok(Duration::from_millis(u64::from(number(
                 name, default, 0, 86_400_000,
@@ -413,6 +448,7 @@ impl Config {
         Ok(Self {
             auth,
             retry,
+            saga,
             saga_timeout: millis("EVENTLINE_SAGA_TIMEOUT_MS", 10_000)?,
             payments: PaymentSettings {
                 latency: millis("EVENTLINE_PAYMENT_LATENCY_MS", 0)?,

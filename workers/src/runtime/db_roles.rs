@@ -1,6 +1,7 @@
-//! The workers' least-privilege database login: a member of the `eventline_worker` group
-//! role (schema/migrations/0003_worker_role.sql), which may append to the event log but never
-//! rewrite it.
+//! The database logins of the workers and the relay: one per service (and one for the relay),
+//! each a member of its process's group role (schema/migrations/0006_service_roles.sql), which
+//! may read and write only that service's tables, append only to its own streams and see only
+//! its own inbox rows — and, like every worker role, never rewrite the log (0003).
 //!
 //! Creating a login needs an administrator, so only `eventline migrate` (and the tests) call
 //! this; workers never do. The password passes through SQL text, so the connection used here
@@ -9,11 +10,27 @@
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
+use eventline_events::topology::BrokerUser;
+
 use super::config::SecretUrl;
 use super::store::StoreError;
 
-/// The group role the migrations grant the workers' privileges to.
+/// The group role every service's role is a member of: the shared log, inbox and checkpoints.
 pub const WORKER_ROLE: &str = "eventline_worker";
+
+/// The group role of one process kind: `eventline_catalog`, …, `eventline_relay`.
+pub fn group_role(user: BrokerUser) -> String {
+    format!("eventline_{}", user.name())
+}
+
+/// The variable `eventline migrate` reads the login of `user` from, such as
+/// `EVENTLINE_CATALOG_DATABASE_URL`: the URL that process then uses as its `DATABASE_URL`.
+pub fn login_url_var(user: BrokerUser) -> String {
+    format!(
+        "EVENTLINE_{}_DATABASE_URL",
+        user.name().to_ascii_uppercase()
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoleError {
@@ -22,7 +39,7 @@ pub enum RoleError {
     )]
     NoUser(String),
     #[error(
-        "{url} names {user:?}, which {why}; a worker login must have only eventline_worker's privileges: choose another user name"
+        "{url} names {user:?}, which {why}; a service's login must have only its own role's privileges: choose another user name"
     )]
     TooPowerful {
         url: String,
@@ -39,14 +56,16 @@ impl From<sqlx::Error> for RoleError {
     }
 }
 
-/// Creates the login `worker_url` names (or brings an existing one up to date: password,
-/// membership), connected as the administrator of `admin_url`. Returns the login's name.
+/// Creates the login `worker_url` names for `process` (or brings an existing one up to date:
+/// password, membership of [`group_role`]), connected as the administrator of `admin_url`.
+/// Returns the login's name.
 ///
-/// Refuses a login that is a superuser or owns the event log: either would make the grants
-/// meaningless (owners and superusers pass every privilege check).
-pub async fn ensure_worker_login(
+/// Refuses a login that is a superuser, bypasses row security, owns the event log, or
+/// already belongs to another process's role: each would make the grants meaningless.
+pub async fn ensure_login(
     admin_url: &SecretUrl,
     worker_url: &SecretUrl,
+    process: BrokerUser,
 ) -> Result<String, RoleError> {
     let (user, password) = worker_url
         .credentials()
@@ -92,9 +111,28 @@ pub async fn ensure_worker_login(
     if owns_log {
         return Err(too_powerful("owns the event log"));
     }
+    let group = group_role(process);
+    let others: Vec<String> = BrokerUser::ALL
+        .into_iter()
+        .filter(|other| *other != process)
+        .map(group_role)
+        .collect();
+    let shared: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_roles g, pg_roles l \
+         WHERE l.rolname = $1 AND g.rolname = ANY($2) AND pg_has_role(l.oid, g.oid, 'MEMBER'))",
+    )
+    .bind(&user)
+    .bind(&others)
+    .fetch_one(&mut admin)
+    .await?;
+    if shared {
+        return Err(too_powerful(
+            "is already another service's (or the relay's) login",
+        ));
+    }
     let grant = format_sql(
         &mut admin,
-        &format!("SELECT format('GRANT {WORKER_ROLE} TO %I', $1)"),
+        &format!("SELECT format('GRANT {group} TO %I', $1)"),
         &user,
         None,
     )

@@ -14,7 +14,7 @@ use eventline_events::values::StreamId;
 use eventline_events::{CausationId, Contract, CorrelationId, MessageId, Metadata, Reply, Service};
 use serde::{Deserialize, Serialize};
 
-use super::config::Config;
+use super::config::{Config, SagaKeys};
 use super::store::{CommandTx, EventStore, StoreError};
 use super::token::{Principal, TokenError};
 
@@ -68,6 +68,11 @@ pub struct Dispatch {
     pub body: serde_json::Value,
     /// Ask for the reply on the sending service's reply queue.
     pub wants_reply: bool,
+    /// The service credential (header `x-eventline-service-credential`) that proves the
+    /// orders service sent this message; see [`Dispatch::signed`]. Stored with the rest, so a
+    /// re-sent step carries the same credential. Absent in outputs stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 impl Dispatch {
@@ -87,7 +92,29 @@ impl Dispatch {
             message_type: command.message_type().to_owned(),
             body: command.to_json(),
             wants_reply: true,
+            credential: None,
         }
+    }
+
+    /// The body exactly as the worker publishes it, and as the credential signs it.
+    pub fn body_bytes(&self) -> Vec<u8> {
+        self.body.to_string().into_bytes()
+    }
+
+    /// The same message with the orders service's credential, when this process holds the
+    /// signing key (only orders' workers should); unchanged otherwise. The signature covers
+    /// the id, type and [`Dispatch::body_bytes`], so the message cannot be altered in flight
+    /// or its credential reused for another.
+    pub fn signed(mut self, keys: &SagaKeys) -> Self {
+        if let Some(key) = &keys.signing {
+            self.credential = Some(super::token::service_credential(
+                &key.0,
+                &self.message_id.to_string(),
+                &self.message_type,
+                &self.body_bytes(),
+            ));
+        }
+        self
     }
 
     /// The same message, delivered to the service's own command queue after `delay`.
@@ -134,6 +161,14 @@ pub trait Handler: Send + Sync + 'static {
     /// after a version conflict the worker calls `handle` again in the same transaction,
     /// which is only sound when the failed attempt wrote nothing else.
     const BATCH: bool = false;
+
+    /// Whether only the order saga may send `command` (a reservation, payment or timer
+    /// step). The worker then checks the message's service credential, one signature check,
+    /// before claiming its id, and dead-letters it as `forbidden` without a valid one.
+    /// Commands that clients send answer false; their tokens are checked by `decide`.
+    fn only_from_saga(&self, _command: &Self::Command) -> bool {
+        false
+    }
 
     /// The stream `command` will append to, if known before handling. A batch handles its
     /// commands in stream order, so two batches lock streams in the same order and cannot

@@ -18,6 +18,9 @@ use super::handler::Input;
 pub enum Failure {
     /// The message does not decode (bad body, unknown type, bad ids, …): it never will.
     Undecodable { code: &'static str, reason: String },
+    /// A saga step without a valid credential of the orders service (any client may publish
+    /// to a queue): it never will have one.
+    Forbidden { code: &'static str, reason: String },
     /// A stored event of the stream no longer decodes: the log and the code disagree.
     UnreadableStream(String),
     /// The database refused the command's data (SQLSTATE class 22 or 23).
@@ -90,10 +93,12 @@ pub fn settle(happened: Happened<'_>, attempt: &Attempt, policy: &RetryPolicy) -
         Happened::Failed(failure) => failure,
     };
     match failure {
-        Failure::Undecodable { code, reason } => Settlement::DeadLetter {
-            code,
-            reason: reason.clone(),
-        },
+        Failure::Undecodable { code, reason } | Failure::Forbidden { code, reason } => {
+            Settlement::DeadLetter {
+                code,
+                reason: reason.clone(),
+            }
+        }
         Failure::UnreadableStream(reason) => Settlement::DeadLetter {
             code: "unreadable_stream",
             reason: reason.clone(),
@@ -193,6 +198,24 @@ mod tests {
         assert_eq!(
             settle(Happened::Handled, &Attempt::first_command(), &policy()),
             Settlement::Ack
+        );
+    }
+
+    #[test]
+    fn forged_saga_steps_are_dead_lettered_with_their_own_code() {
+        let s = failed(
+            Failure::Forbidden {
+                code: "forbidden",
+                reason: "no credential".into(),
+            },
+            Attempt::first_command(),
+        );
+        assert_eq!(
+            s,
+            Settlement::DeadLetter {
+                code: "forbidden",
+                reason: "no credential".into()
+            }
         );
     }
 

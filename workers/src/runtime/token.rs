@@ -3,11 +3,25 @@
 //! Verification needs only the public key, so no service calls auth to check a token (the
 //! seed's autonomy): a service keeps working while auth is down. The format is a standard JWT
 //! (`alg: EdDSA`), so any JWT library can read it; the code is small enough to own.
+//!
+//! Service credentials ([`service_credential`], [`check_service_credential`]) prove that the
+//! orders service sent a saga step. Any client on the broker may publish anything with any
+//! id, and broker users narrow only what a service may *read*; so catalog, payments and
+//! orders itself accept `reserve_stock`, `release_reservation`, `commit_reservation`,
+//! `charge_payment`, `refund_payment` and `expire_order` only with an Ed25519 signature by
+//! orders' own key (`EVENTLINE_ORDERS_SIGNING_KEY`) over that exact message: its id, type and
+//! body bytes. A captured credential therefore authorizes nothing else: another id, type or
+//! body fails the signature, and the same message again is a duplicate the inbox absorbs.
+//! It carries no expiry on purpose: a step may wait in a delay, retry or dead-letter queue
+//! for as long as an operator takes to re-drive it, and must still be accepted then.
+//! This module never logs a key or a token, and never needs a network call to decide.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use eventline_events::auth::{Claims, Role, UserId};
+use eventline_events::IncomingMessage;
+use eventline_events::auth::{Claims, Role, SERVICE_CREDENTIAL_HEADER, UserId};
+use eventline_events::envelope::HeaderValue;
 
 const HEADER: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
 
@@ -114,6 +128,86 @@ pub fn verify(token: &str, key: &VerifyingKey, now: i64) -> Result<Principal, To
     })
 }
 
+/// Why a message that only the order saga may send was refused. Every variant's code is
+/// `forbidden`; the message is dead-lettered (with this reason) before its id is claimed in
+/// the inbox, so a forged step sent first under a saga step's (predictable) id cannot take
+/// that id from the real step.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error(
+        "{0} is a step of the order saga: only the orders service may send it, with a service credential (header x-eventline-service-credential), and this message has none; place an order with orders.place_order instead"
+    )]
+    Missing(String),
+    #[error(
+        "{0} carries a service credential that is not valid for this message (forged, copied from another message, or signed by another key); only the orders service may send saga steps"
+    )]
+    Invalid(String),
+    #[error(
+        "this worker cannot check service credentials: EVENTLINE_ORDERS_PUBLIC_KEY is not set (generate keys with `eventline keygen`), so it refuses {0}"
+    )]
+    NoKey(String),
+}
+
+impl CredentialError {
+    pub fn code(&self) -> &'static str {
+        "forbidden"
+    }
+}
+
+/// What a service credential signs: a domain tag (so the signature can mean nothing else,
+/// such as a session token), the message id, the type and the exact body bytes.
+fn credential_input(message_id: &str, message_type: &str, body: &[u8]) -> Vec<u8> {
+    const TAG: &[u8] = b"eventline service credential v1: orders\n";
+    let mut input =
+        Vec::with_capacity(TAG.len() + message_id.len() + message_type.len() + body.len() + 2);
+    input.extend_from_slice(TAG);
+    input.extend_from_slice(message_id.as_bytes());
+    input.push(b'\n');
+    input.extend_from_slice(message_type.as_bytes());
+    input.push(b'\n');
+    input.extend_from_slice(body);
+    input
+}
+
+/// The credential orders puts on a saga step it sends: base64url of the Ed25519 signature
+/// over the message's id, type and body. Deterministic: a re-sent step carries the same one.
+pub fn service_credential(
+    key: &SigningKey,
+    message_id: &str,
+    message_type: &str,
+    body: &[u8],
+) -> String {
+    let signature = key.sign(&credential_input(message_id, message_type, body));
+    URL_SAFE_NO_PAD.encode(signature.to_bytes())
+}
+
+/// Checks that orders signed this very message. One signature check, done once per message
+/// and only for the saga's step types (the worker asks [`super::Handler::only_from_saga`]).
+pub fn check_service_credential(
+    message: &IncomingMessage,
+    key: Option<&VerifyingKey>,
+) -> Result<(), CredentialError> {
+    let message_type = message.message_type.clone().unwrap_or_default();
+    let credential = match message.headers.get(SERVICE_CREDENTIAL_HEADER) {
+        Some(HeaderValue::Text(credential)) => credential,
+        Some(_) => return Err(CredentialError::Invalid(message_type)),
+        None => return Err(CredentialError::Missing(message_type)),
+    };
+    let key = key.ok_or_else(|| CredentialError::NoKey(message_type.clone()))?;
+    let signature: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(credential.trim_end_matches('='))
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| CredentialError::Invalid(message_type.clone()))?;
+    let input = credential_input(
+        message.message_id.as_deref().unwrap_or_default(),
+        &message_type,
+        &message.body,
+    );
+    key.verify(&input, &Signature::from_bytes(&signature))
+        .map_err(|_| CredentialError::Invalid(message_type))
+}
+
 /// A fresh Ed25519 key pair from the operating system's randomness.
 pub fn generate_signing_key() -> SigningKey {
     let mut seed = [0u8; 32];
@@ -144,6 +238,88 @@ mod tests {
             iat: 0,
             exp,
         }
+    }
+
+    fn step(
+        id: &str,
+        message_type: &str,
+        body: &str,
+        credential: Option<String>,
+    ) -> IncomingMessage {
+        let mut message = IncomingMessage {
+            message_id: Some(id.into()),
+            message_type: Some(message_type.into()),
+            body: body.as_bytes().to_vec(),
+            ..IncomingMessage::default()
+        };
+        if let Some(credential) = credential {
+            message.headers.insert(
+                SERVICE_CREDENTIAL_HEADER.into(),
+                HeaderValue::Text(credential),
+            );
+        }
+        message
+    }
+
+    #[test]
+    fn a_service_credential_authorizes_only_the_message_it_signed() {
+        let orders = generate_signing_key();
+        let public = orders.verifying_key();
+        let (id, kind, body) = (
+            "0193a5c2-7e41-7b3a-9c1d-4f2e8a6b0c11",
+            "payments.refund_payment",
+            r#"{"order_id":"x"}"#,
+        );
+        let credential = service_credential(&orders, id, kind, body.as_bytes());
+        assert_eq!(
+            check_service_credential(
+                &step(id, kind, body, Some(credential.clone())),
+                Some(&public)
+            ),
+            Ok(())
+        );
+        // The same credential on another id, another type or another body is refused.
+        let other_id = "0193a5c2-7e41-7b3a-9c1d-4f2e8a6b0c12";
+        for forged in [
+            step(other_id, kind, body, Some(credential.clone())),
+            step(
+                id,
+                "payments.charge_payment",
+                body,
+                Some(credential.clone()),
+            ),
+            step(id, kind, r#"{"order_id":"y"}"#, Some(credential.clone())),
+        ] {
+            assert!(matches!(
+                check_service_credential(&forged, Some(&public)),
+                Err(CredentialError::Invalid(_))
+            ));
+        }
+        // Signed by another key (a client's own), garbage, or absent.
+        let foreign = service_credential(&generate_signing_key(), id, kind, body.as_bytes());
+        assert!(matches!(
+            check_service_credential(&step(id, kind, body, Some(foreign)), Some(&public)),
+            Err(CredentialError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_service_credential(&step(id, kind, body, Some("AAAA".into())), Some(&public)),
+            Err(CredentialError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_service_credential(&step(id, kind, body, None), Some(&public)),
+            Err(CredentialError::Missing(_))
+        ));
+        assert!(matches!(
+            check_service_credential(&step(id, kind, body, Some(credential)), None),
+            Err(CredentialError::NoKey(_))
+        ));
+        // A session token's signature is no credential, even from the same key.
+        let token = mint(&orders, Role::Admin, 60);
+        let signature = token.rsplit('.').next().unwrap().to_owned();
+        assert!(matches!(
+            check_service_credential(&step(id, kind, body, Some(signature)), Some(&public)),
+            Err(CredentialError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -259,6 +259,20 @@ impl<H: Handler> CommandWorker<H> {
             redelivered = delivery.redelivered,
         );
         let (command, outcome) = match message.decode::<H::Command>() {
+            // Checked before the inbox claim: a forged step must not take the real step's id.
+            Ok(decoded) if self.handler.only_from_saga(&decoded.1) => {
+                match token::check_service_credential(&message, self.config.saga.verifying.as_ref())
+                {
+                    Ok(()) => (Some(decoded), None),
+                    Err(e) => (
+                        None,
+                        Some(Outcome::Failed(Failure::Forbidden {
+                            code: e.code(),
+                            reason: e.to_string(),
+                        })),
+                    ),
+                }
+            }
             Ok(decoded) => (Some(decoded), None),
             Err(error) => (
                 None,

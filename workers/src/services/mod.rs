@@ -30,7 +30,12 @@ fn answer(result: serde_json::Value) -> eventline_events::Reply {
 /// Every replica also runs its service's projections; the projection's checkpoint lock makes
 /// that safe (one applies each batch, the others skip it) and keeps them current when a
 /// replica dies.
-pub async fn run(service: Service, config: Config, store: EventStore, shutdown: Shutdown) {
+pub async fn run(service: Service, mut config: Config, store: EventStore, shutdown: Shutdown) {
+    // Only orders signs saga steps; any other service handed its key (one env file for all,
+    // as in a dev setup) forgets it, so it can never drive the saga itself.
+    if service != Service::Orders {
+        config.saga.signing = None;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     // Every worker process offers to prune the inbox; one elected process does it.
     tasks.spawn(crate::runtime::inbox::Pruner::new(config.clone()).run(shutdown.clone()));
@@ -73,4 +78,78 @@ pub async fn run(service: Service, config: Config, store: EventStore, shutdown: 
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use eventline_events::auth::Role;
+    use eventline_events::codes;
+    use eventline_events::values::{OrderId, ProductId};
+
+    use super::catalog::CatalogRejection;
+    use super::orders::OrdersRejection;
+    use crate::runtime::RejectionReason;
+    use crate::runtime::token::{CredentialError, TokenError};
+
+    /// schema/CONTRACT.md §4 is checked against `eventline_events::codes`; this keeps that
+    /// registry complete for the services' own rejection types.
+    #[test]
+    fn every_code_a_service_rejects_with_is_registered() {
+        let product = ProductId::parse("p".into()).unwrap();
+        let order = OrderId::new();
+        let tokens = [
+            TokenError::Missing,
+            TokenError::Malformed,
+            TokenError::BadSignature,
+            TokenError::Expired,
+            TokenError::NoKey,
+        ];
+        let mut emitted: Vec<&str> = tokens.iter().map(TokenError::code).collect();
+        emitted.push(CredentialError::Missing(String::new()).code());
+        let catalog = [
+            CatalogRejection::UnknownProduct(product.clone()),
+            CatalogRejection::AlreadyExists(product.clone()),
+            CatalogRejection::InsufficientStock {
+                product_id: product.clone(),
+                available: 0,
+                requested: 1,
+            },
+            CatalogRejection::ReservationMismatch {
+                product_id: product.clone(),
+                order_id: order,
+                held: 1,
+                requested: 2,
+            },
+            CatalogRejection::OrderClosed {
+                product_id: product.clone(),
+                order_id: order,
+                how: "released",
+            },
+            CatalogRejection::NoReservation {
+                product_id: product.clone(),
+                order_id: order,
+            },
+            CatalogRejection::StockLimit {
+                product_id: product,
+                quantity: 1,
+            },
+            CatalogRejection::Unauthenticated(TokenError::Missing),
+            CatalogRejection::Forbidden(Role::Customer),
+        ];
+        emitted.extend(catalog.iter().map(RejectionReason::code));
+        let orders = [
+            OrdersRejection::Unauthenticated(TokenError::Expired),
+            OrdersRejection::OrderExists(order),
+            OrdersRejection::Forbidden(Role::Admin),
+        ];
+        emitted.extend(orders.iter().map(RejectionReason::code));
+        let missing: Vec<&str> = emitted
+            .into_iter()
+            .filter(|c| codes::find(c).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in eventline_events::codes: {missing:?}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! nack). This module must never choose a settlement itself: it only gathers the facts
 //! (`Attempt`) and publishes.
 
+use eventline_events::auth::SERVICE_CREDENTIAL_HEADER;
 use eventline_events::envelope::{HeaderValue, headers};
 use eventline_events::reply::REPLY_TYPE;
 use eventline_events::{Metadata, OutgoingMessage, Rejection, Reply, SCHEMA_VERSION};
@@ -127,8 +128,12 @@ impl<H: Handler> CommandWorker<H> {
             }
             let message = OutgoingMessage {
                 metadata,
-                body: d.body.to_string().into_bytes(),
-                extra_headers: Vec::new(),
+                body: d.body_bytes(),
+                extra_headers: d
+                    .credential
+                    .iter()
+                    .map(|c| (SERVICE_CREDENTIAL_HEADER, HeaderValue::Text(c.clone())))
+                    .collect(),
             };
             match d.to {
                 Destination::Service { service } => {

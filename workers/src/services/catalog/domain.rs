@@ -137,6 +137,17 @@ impl Aggregate for Product {
         command.product_id().stream_id()
     }
 
+    /// Reservations are the order saga's steps: a client that could send them would hold
+    /// all the stock or release another order's (the runtime checks orders' credential).
+    fn only_from_saga(command: &CatalogCommand) -> bool {
+        matches!(
+            command,
+            CatalogCommand::ReserveStock(_)
+                | CatalogCommand::ReleaseReservation(_)
+                | CatalogCommand::CommitReservation(_)
+        )
+    }
+
     fn decide(
         &self,
         command: &CatalogCommand,
@@ -320,8 +331,8 @@ impl State for Product {
 }
 
 /// Changing what is sold (add, price, restock) is an admin's job. Reservations come from the
-/// order saga, which is trusted by being on the broker with the catalog (see issue 5's
-/// per-service broker users for how that trust is narrowed).
+/// order saga only, proven by orders' service credential, which the worker checks before
+/// `decide` (see `only_from_saga`): no token makes a reservation legitimate.
 fn authorize(
     command: &CatalogCommand,
     principal: &Result<Principal, TokenError>,

@@ -20,7 +20,7 @@ pub mod queries;
 #[cfg(test)]
 mod tests;
 
-use eventline_events::auth::UserId;
+use eventline_events::auth::{Role, UserId};
 use eventline_events::catalog::{CommitReservation, ReleaseReservation, ReserveStock};
 use eventline_events::orders::{
     ExpireOrder, LineReserved, OrderCancelled, OrderConfirmed, OrderLines, OrderPlaced,
@@ -53,6 +53,10 @@ pub enum OrdersRejection {
         order_id: OrderId,
         difference: String,
     },
+    #[error(
+        "placing an order needs the customer role; this token is a {0:?}'s (log in as a customer)"
+    )]
+    Forbidden(Role),
 }
 
 impl RejectionReason for OrdersRejection {
@@ -60,6 +64,7 @@ impl RejectionReason for OrdersRejection {
         match self {
             Self::Unauthenticated(e) => e.code(),
             Self::OrderExists(_) | Self::OrderDiffers { .. } => "order_exists",
+            Self::Forbidden(_) => "forbidden",
         }
     }
 }
@@ -236,6 +241,12 @@ impl Aggregate for Order {
         }
     }
 
+    /// The timeout is a message orders sends itself; from anyone else it would cancel an
+    /// order in flight.
+    fn only_from_saga(command: &OrdersCommand) -> bool {
+        matches!(command, OrdersCommand::ExpireOrder(_))
+    }
+
     fn decide(
         &self,
         command: &OrdersCommand,
@@ -244,6 +255,9 @@ impl Aggregate for Order {
         match (command, &self.0) {
             (OrdersCommand::PlaceOrder(c), existing) => {
                 let customer = ctx.principal.as_ref().map_err(|e| OrdersRejection::Unauthenticated(e.clone()))?;
+                if customer.role != Role::Customer {
+                    return Err(OrdersRejection::Forbidden(customer.role));
+                }
                 match existing {
                     // The order id is the order's natural key: the identical order again (a
                     // client's retry under a new message id) is a success with no new effect;

@@ -217,13 +217,20 @@ impl<P: PaymentProvider> Handler for PaymentsHandler<P> {
     type Command = PaymentsCommand;
     const SERVICE: Service = Service::Payments;
 
+    /// Money moves only when the order saga asks: every payments command needs orders'
+    /// service credential, checked by the worker before this handler runs.
+    fn only_from_saga(&self, _command: &PaymentsCommand) -> bool {
+        true
+    }
+
     async fn outside(
         &self,
         store: &EventStore,
         _ctx: &Context<'_>,
         command: &PaymentsCommand,
     ) -> Result<(), HandlerError> {
-        // Any authority check on the sender belongs here too, before the provider is called.
+        // The sender was checked already: the worker refuses a step without orders'
+        // credential before any of this runs (`only_from_saga`).
         match command {
             PaymentsCommand::ChargePayment(c) => self.charge_outside(store, c).await,
             PaymentsCommand::RefundPayment(r) => self.refund_outside(store, r).await,
