@@ -29,6 +29,10 @@ impl Handler for Sabotaged {
         self.catalog.stream_hint(command, ctx)
     }
 
+    fn only_from_saga(&self, command: &CatalogCommand) -> bool {
+        self.catalog.only_from_saga(command)
+    }
+
     async fn handle(
         &self,
         tx: &mut CommandTx,

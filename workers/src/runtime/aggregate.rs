@@ -59,11 +59,6 @@ pub trait Aggregate: State {
     }
 }
 
-/// Dispatches with the orders service's credential when this process holds its key.
-fn signed(dispatch: Vec<Dispatch>, ctx: &Context<'_>) -> impl Iterator<Item = Dispatch> {
-    dispatch.into_iter().map(|d| d.signed(&ctx.config.saga))
-}
-
 /// A domain rejection: a normal outcome, reported to the sender with a stable code.
 pub trait RejectionReason: std::error::Error + Send + Sync + 'static {
     fn code(&self) -> &'static str;
@@ -182,7 +177,7 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
         let mut dispatch = Vec::new();
         for event in &events {
             state.apply(event);
-            dispatch.extend(signed(state.dispatch(event, ctx), ctx));
+            dispatch.extend(state.dispatch(event, ctx));
         }
         self.remember(tx, stream_id.clone(), state, version + events.len() as i64);
         let reply = accepted(stream_id, version, new_events, None);
@@ -248,7 +243,7 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
                         let mut dispatch = Vec::new();
                         for event in &events {
                             state.apply(event);
-                            dispatch.extend(signed(state.dispatch(event, ctx), ctx));
+                            dispatch.extend(state.dispatch(event, ctx));
                         }
                         let expected = *version;
                         *version += events.len() as i64;

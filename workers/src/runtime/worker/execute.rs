@@ -169,7 +169,7 @@ impl<H: Handler> CommandWorker<H> {
         };
         let mut stored = Vec::with_capacity(handled.len());
         for ((i, (ctx, _)), handled) in indexes.into_iter().zip(&batch).zip(handled) {
-            let (outcome, reply, outputs) = to_stored(handled);
+            let (outcome, reply, outputs) = to_stored(handled, &self.config.saga);
             stored.push((ctx.metadata.message_id, reply, outputs));
             outcomes.push((i, outcome));
         }
@@ -291,7 +291,7 @@ impl<H: Handler> CommandWorker<H> {
                     }
                 }
             };
-            let (outcome, stored, outputs) = to_stored(handled);
+            let (outcome, stored, outputs) = to_stored(handled, &self.config.saga);
             tx.commit(&stored, &outputs).await?;
             return Ok(outcome);
         }
@@ -354,12 +354,20 @@ fn reused(span: &Span) -> Outcome {
 }
 
 /// A handler's result as an outcome, plus the reply and dispatches to store with its inbox row.
-fn to_stored(handled: Handled) -> (Outcome, serde_json::Value, serde_json::Value) {
+///
+/// Every dispatch is signed here with the orders service's credential when this process holds
+/// its key (only orders' workers do), so no handler can forget to: a step sent unsigned would
+/// be dead-lettered as `forbidden` by its receiver.
+fn to_stored(
+    handled: Handled,
+    saga: &crate::runtime::config::SagaKeys,
+) -> (Outcome, serde_json::Value, serde_json::Value) {
     let Handled {
         reply,
         stored_reply,
         dispatch,
     } = handled;
+    let dispatch: Vec<Dispatch> = dispatch.into_iter().map(|d| d.signed(saga)).collect();
     let stored = serde_json::to_value(stored_reply.as_ref().unwrap_or(&reply)).unwrap_or_default();
     let outputs = serde_json::to_value(&dispatch).unwrap_or_default();
     (Outcome::Handled { reply, dispatch }, stored, outputs)

@@ -122,6 +122,11 @@ impl Handler for OrdersHandler {
         self.saga.stream_hint(command, ctx)
     }
 
+    // The saga's own timer (`orders.expire_order`) must come from orders itself.
+    fn only_from_saga(&self, command: &OrdersCommand) -> bool {
+        self.saga.only_from_saga(command)
+    }
+
     async fn handle(
         &self,
         tx: &mut CommandTx,
