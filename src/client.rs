@@ -23,7 +23,6 @@ use lapin::options::BasicGetOptions;
 use lapin::{Channel, Connection};
 use tokio::sync::oneshot;
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]

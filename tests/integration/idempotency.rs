@@ -461,8 +461,8 @@ async fn the_worker_login_prunes_only_through_the_window_function() {
             &worker_url,
             eventline_events::topology::BrokerUser::Service(Service::Catalog),
         )
-            .await
-            .expect("create the worker login"),
+        .await
+        .expect("create the worker login"),
     };
     sqlx::query(
         "INSERT INTO processed_messages (consumer, message_id, handled_by, processed_at) \

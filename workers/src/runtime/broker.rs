@@ -671,7 +671,6 @@ pub async fn open_private_queue(
     })
 }
 
-
 /// A server-named, exclusive, auto-deleted queue: it vanishes with its connection, so an
 /// abandoned client's replies or event tail never pile up on the broker.
 pub async fn declare_private_queue(channel: &Channel) -> Result<lapin::Queue, BrokerError> {

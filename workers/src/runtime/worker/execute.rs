@@ -18,8 +18,8 @@ use crate::runtime::backoff::Backoff;
 use crate::runtime::handler::{
     Context, Dispatch, Handled, Handler, HandlerError, Input, MAX_TRANSACTION, transaction_too_long,
 };
-use crate::runtime::settle::Failure;
 use crate::runtime::inbox::Digest;
+use crate::runtime::settle::Failure;
 use crate::runtime::store::{BatchClaim, CommandTx, StoreError};
 
 impl<H: Handler> CommandWorker<H> {

@@ -38,19 +38,19 @@ impl OrdersHandler {
         if let (OrdersCommand::PlaceOrder(place), true) = (command, events.is_empty()) {
             // The order exists and its lines match (the aggregate said so); the card is known
             // only here. Another card under the same order id is refused like other lines.
-            if let Some(on_file) = on_file(tx, place.order_id).await? {
-                if on_file != place.card {
-                    let refused = super::OrdersRejection::OrderDiffers {
-                        order_id: place.order_id,
-                        difference: "another card (tokens are not shown)".to_owned(),
-                    };
-                    *handled = Handled::reply(Reply::Rejected {
-                        reason: eventline_events::Rejection::new(
-                            crate::runtime::RejectionReason::code(&refused),
-                            refused.to_string(),
-                        ),
-                    });
-                }
+            if let Some(on_file) = on_file(tx, place.order_id).await?
+                && on_file != place.card
+            {
+                let refused = super::OrdersRejection::OrderDiffers {
+                    order_id: place.order_id,
+                    difference: "another card (tokens are not shown)".to_owned(),
+                };
+                *handled = Handled::reply(Reply::Rejected {
+                    reason: eventline_events::Rejection::new(
+                        crate::runtime::RejectionReason::code(&refused),
+                        refused.to_string(),
+                    ),
+                });
             }
             return Ok(());
         }
