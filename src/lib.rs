@@ -11,6 +11,8 @@ pub mod broker_users;
 pub mod chaos;
 pub mod client;
 pub mod demo;
+pub mod logging;
+pub mod status;
 pub mod supervisor;
 pub mod trace;
 

@@ -22,7 +22,6 @@ use eventline_workers::runtime::token;
 use eventline_workers::runtime::{Config, Shutdown};
 use eventline_workers::services;
 use futures_util::StreamExt;
-use tracing_subscriber::EnvFilter;
 
 /// eventline: a message-driven, event-sourced model of a distributed system.
 ///
@@ -111,6 +110,9 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// One screen: each service's replicas and queues, dead letters, relay and projection
+    /// lag, inbox size, the last minute's activity. Exit status 1 when something is unhealthy.
+    Status(eventline::status::StatusOptions),
     /// Print one conversation (a correlation id, e.g. an order id) as a causal tree: who
     /// handled what, caused by what, recording which events. Ordered by causation, not clocks.
     Trace { correlation_id: uuid::Uuid },
@@ -231,7 +233,11 @@ async fn run() -> anyhow::Result<()> {
         Command::Worker { service } => run_worker(config, service).await?,
         Command::Relay => {
             let store = wait_for_database(&config).await?;
-            Relay::new(config, store).run(Shutdown::on_signals()).await;
+            let shutdown = Shutdown::on_signals();
+            eventline_workers::runtime::http::Settings::from_env()?
+                .start(&config.namespace, &store, true, &shutdown)
+                .await?;
+            Relay::new(config, store).run(shutdown).await;
         }
         Command::Send {
             message_type,
@@ -466,6 +472,9 @@ async fn run() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Status(options) => {
+            std::process::exit(eventline::status::run(&config, &options, cli.json).await?)
+        }
         Command::Trace { correlation_id } => {
             let store = EventStore::connect(&config.database_url, 1).await?;
             print!(
@@ -578,6 +587,9 @@ async fn run_worker(config: Config, service: Service) -> anyhow::Result<()> {
     }
     let shutdown = Shutdown::on_signals();
     let store = wait_for_database(&config).await?;
+    eventline_workers::runtime::http::Settings::from_env()?
+        .start(&config.namespace, &store, false, &shutdown)
+        .await?;
     services::run(service, config, store, shutdown).await;
     Ok(())
 }
@@ -672,14 +684,5 @@ fn print_reply(reply: &Reply, json: bool) {
 }
 
 fn init_tracing(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let json = std::env::var("EVENTLINE_LOG").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    eventline::logging::init(default);
 }

@@ -14,6 +14,7 @@ mod dead_letters;
 mod errors;
 mod least_privilege;
 mod load;
+mod observability;
 mod poison;
 mod python_client;
 mod relay;

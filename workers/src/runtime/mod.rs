@@ -3,6 +3,9 @@
 //! Reading order: [`config`] → [`broker`] (names → AMQP) → [`store`] (the log, the inbox) →
 //! [`handler`] / [`aggregate`] (what a service implements) → [`worker`] (the consume loop and the single
 //! place that decides ack, retry or dead-letter) → [`log_reader`] → [`relay`] / [`projection`].
+//! Observability: [`metrics`] (every metric's name and recording function), [`readiness`],
+//! [`sampler`] (lag and inbox gauges from the database), [`http`] (`/metrics`, `/healthz`,
+//! `/readyz`).
 
 pub mod aggregate;
 pub mod backoff;
@@ -10,9 +13,13 @@ pub mod broker;
 pub mod config;
 pub mod db_roles;
 pub mod handler;
+pub mod http;
 pub mod log_reader;
+pub mod metrics;
 pub mod projection;
+pub mod readiness;
 pub mod relay;
+pub mod sampler;
 pub mod shutdown;
 pub mod state_cache;
 pub mod store;

@@ -45,6 +45,8 @@ use super::backoff::Backoff;
 use super::broker::{self, BrokerError};
 use super::config::Config;
 use super::handler::{Context, Destination, Dispatch, Handled, Handler, HandlerError, Input};
+use super::metrics::{self, Settled};
+use super::readiness;
 use super::shutdown::Shutdown;
 use super::store::{BatchClaim, Claim, EventStore, StoreError};
 use super::token::{self, Principal, TokenError};
@@ -75,6 +77,8 @@ enum Outcome {
     Handled {
         reply: Reply,
         dispatch: Vec<Dispatch>,
+        /// A message id handled before: its stored outcome, sent again.
+        duplicate: bool,
     },
     /// Cannot ever succeed: dead-letter with this reason.
     Poison { code: &'static str, reason: String },
@@ -108,6 +112,7 @@ struct Received<C> {
 
 impl<H: Handler> CommandWorker<H> {
     pub fn new(config: Config, store: EventStore, handler: H) -> Self {
+        readiness::report(&config.namespace, &Self::inbox_name(), false, "starting");
         Self {
             topology: Topology::new(config.namespace.clone()),
             config,
@@ -130,9 +135,16 @@ impl<H: Handler> CommandWorker<H> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match this.clone().session(&shutdown).await {
-                Ok(()) => return,
+                Ok(()) => return readiness::remove(&this.config.namespace, &Self::inbox_name()),
                 Err(error) => {
                     warn!(%error, service = %H::SERVICE, "broker session ended; reconnecting");
+                    readiness::report(
+                        &this.config.namespace,
+                        &Self::inbox_name(),
+                        false,
+                        error.to_string(),
+                    );
+                    metrics::reconnecting(&this.config.namespace, "worker", metrics::Peer::Broker);
                     if !backoff.wait(shutdown.token()).await {
                         return;
                     }
@@ -178,6 +190,12 @@ impl<H: Handler> CommandWorker<H> {
         }
         let mut deliveries = futures_util::stream::select_all(consumers);
         info!(queues = ?queues, replica = %self.config.replica, prefetch = self.config.prefetch, "consuming");
+        readiness::report(
+            &self.config.namespace,
+            &Self::inbox_name(),
+            true,
+            "consuming",
+        );
 
         // Batches are handled concurrently; the broker's prefetch bounds how many deliveries
         // they hold, and for a batching handler BATCHES_IN_FLIGHT bounds how many batches, so
@@ -250,9 +268,11 @@ impl<H: Handler> CommandWorker<H> {
         deliveries: Vec<Delivery>,
         turn: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
+        let started = std::time::Instant::now();
         let mut items: Vec<Received<H::Command>> =
             deliveries.into_iter().map(|d| self.receive(d)).collect();
         self.handle_all(&mut items).await;
+        metrics::batch_handled(&self.config.namespace, H::SERVICE, items.len());
         drop(turn);
         let outcomes: Vec<Outcome> = items
             .iter_mut()
@@ -271,6 +291,7 @@ impl<H: Handler> CommandWorker<H> {
                 &item.message,
                 item.metadata.as_ref(),
                 outcome,
+                started,
             )
             .instrument(item.span.clone())
         }))
@@ -519,6 +540,7 @@ impl<H: Handler> CommandWorker<H> {
                             if conflicts < MAX_CONFLICT_RETRIES =>
                         {
                             conflicts += 1;
+                            metrics::conflicts_redecided(&self.config.namespace, H::SERVICE, 1);
                             debug!(conflicts, "version conflict; deciding again");
                             continue;
                         }
@@ -540,9 +562,13 @@ impl<H: Handler> CommandWorker<H> {
         message: &IncomingMessage,
         metadata: Option<&Metadata>,
         outcome: Outcome,
+        started: std::time::Instant,
     ) {
+        let kind = settled_kind::<H>(&outcome, retry_count(message));
         let settled = match outcome {
-            Outcome::Handled { reply, dispatch } => {
+            Outcome::Handled {
+                reply, dispatch, ..
+            } => {
                 match &reply {
                     Reply::Accepted { events, .. } => debug!(events = events.len(), "accepted"),
                     Reply::Rejected { reason } => info!(code = %reason.code, "rejected"),
@@ -607,6 +633,19 @@ impl<H: Handler> CommandWorker<H> {
                 }
             }
         };
+        let message_type = metrics::type_label::<H::Command>(message.message_type.as_deref());
+        let kind = if settled.is_ok() {
+            kind
+        } else {
+            Settled::Unsettled
+        };
+        metrics::message_settled(
+            &self.config.namespace,
+            H::SERVICE,
+            message_type,
+            kind,
+            started.elapsed(),
+        );
         match settled {
             Ok(()) => {
                 if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
@@ -757,6 +796,24 @@ impl<H: Handler> CommandWorker<H> {
     }
 }
 
+/// The `outcome` label of a settlement, as [`CommandWorker::settle`] carries it out.
+fn settled_kind<H: Handler>(outcome: &Outcome, retry_rounds: i64) -> Settled {
+    match outcome {
+        Outcome::Handled {
+            duplicate: true, ..
+        } => Settled::Duplicate,
+        Outcome::Handled {
+            reply: Reply::Accepted { .. },
+            ..
+        } => Settled::Accepted,
+        Outcome::Handled { .. } => Settled::Rejected,
+        Outcome::Poison { .. } => Settled::DeadLettered,
+        Outcome::Transient(_) if H::INPUT == Input::Queries => Settled::Rejected,
+        Outcome::Transient(_) if retry_rounds < MAX_RETRY_ROUNDS => Settled::Retried,
+        Outcome::Transient(_) => Settled::DeadLettered,
+    }
+}
+
 /// What a duplicate delivery gets: the stored reply and the same dispatches again.
 fn duplicate(reply: Option<serde_json::Value>, outputs: serde_json::Value) -> Outcome {
     let reply = reply
@@ -768,7 +825,11 @@ fn duplicate(reply: Option<serde_json::Value>, outputs: serde_json::Value) -> Ou
             ),
         });
     let dispatch = serde_json::from_value(outputs).unwrap_or_default();
-    Outcome::Handled { reply, dispatch }
+    Outcome::Handled {
+        reply,
+        dispatch,
+        duplicate: true,
+    }
 }
 
 /// A handler's result as an outcome, plus the reply and dispatches to store with its inbox row.
@@ -780,7 +841,15 @@ fn to_stored(handled: Handled) -> (Outcome, serde_json::Value, serde_json::Value
     } = handled;
     let stored = serde_json::to_value(stored_reply.as_ref().unwrap_or(&reply)).unwrap_or_default();
     let outputs = serde_json::to_value(&dispatch).unwrap_or_default();
-    (Outcome::Handled { reply, dispatch }, stored, outputs)
+    (
+        Outcome::Handled {
+            reply,
+            dispatch,
+            duplicate: false,
+        },
+        stored,
+        outputs,
+    )
 }
 
 fn poison(error: &DecodeError) -> Outcome {
