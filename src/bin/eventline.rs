@@ -26,7 +26,8 @@ use futures_util::StreamExt;
 /// eventline: a message-driven, event-sourced model of a distributed system.
 ///
 /// Configuration comes from the environment: AMQP_URL, DATABASE_URL, EVENTLINE_NAMESPACE,
-/// EVENTLINE_REPLICA, EVENTLINE_PREFETCH, EVENTLINE_DB_CONNECTIONS, RUST_LOG, EVENTLINE_LOG=json.
+/// EVENTLINE_REPLICA, EVENTLINE_PREFETCH, EVENTLINE_DB_CONNECTIONS, RUST_LOG, EVENTLINE_LOG=json,
+/// EVENTLINE_METRICS_ADDR, EVENTLINE_RELAY_STALL_SECS.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {

@@ -264,6 +264,38 @@ mod tests {
         assert_eq!(type_label::<CatalogCommand>(Some(REPLY_TYPE)), REPLY_TYPE);
     }
 
+    /// The architecture invariant: no other file of the workspace records a metric (the
+    /// `metrics` macros appear only here), so every name and label set is in this file.
+    #[test]
+    fn only_this_module_records_metrics() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut offenders = Vec::new();
+        let mut dirs = vec![
+            root.join("workers/src"),
+            root.join("src"),
+            root.join("bench/src"),
+        ];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && !path.ends_with("runtime/metrics.rs")
+                    && ["counter!(", "gauge!(", "histogram!("]
+                        .iter()
+                        .any(|m| std::fs::read_to_string(&path).unwrap().contains(m))
+                {
+                    offenders.push(path.display().to_string());
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "metrics recorded outside metrics.rs: {offenders:?}"
+        );
+    }
+
     #[test]
     fn settled_messages_render_with_their_labels() {
         let ns = Namespace::parse("metrics-unit").unwrap();
