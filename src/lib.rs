@@ -12,8 +12,10 @@ pub mod broker_users;
 pub mod chaos;
 pub mod client;
 pub mod demo;
+pub mod logging;
 pub mod projections;
 pub mod settled;
+pub mod status;
 pub mod supervisor;
 pub mod trace;
 

@@ -6,7 +6,7 @@
 //! never touches anything but this machine's loopback.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub struct Proxy {
     generation: Arc<Mutex<CancellationToken>>,
     stop: CancellationToken,
     accepted: Arc<AtomicU64>,
+    /// While set, the link is cut: open connections were dropped and new ones are closed
+    /// at once, as when a peer's host is unreachable.
+    cut: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -46,12 +49,14 @@ impl Proxy {
         let stop = CancellationToken::new();
         let generation = Arc::new(Mutex::new(CancellationToken::new()));
         let accepted = Arc::new(AtomicU64::new(0));
+        let cut = Arc::new(AtomicBool::new(false));
         let proxy = Self {
             address,
             link,
             generation: generation.clone(),
             stop: stop.clone(),
             accepted: accepted.clone(),
+            cut: cut.clone(),
         };
         tokio::spawn(async move {
             loop {
@@ -62,6 +67,9 @@ impl Proxy {
                         Err(_) => continue,
                     },
                 };
+                if cut.load(Ordering::Relaxed) {
+                    continue; // dropping `client` closes it
+                }
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let dropped = generation.lock().expect("generation lock").clone();
                 let watching = watching.clone();
@@ -99,6 +107,17 @@ impl Proxy {
 
     pub fn set(&self, link: Link) {
         self.link.send_replace(link);
+    }
+
+    /// Cuts the link: drops every connection and closes new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+        self.drop_all();
+    }
+
+    /// Ends a [`Proxy::cut`]: new connections are forwarded again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::Relaxed);
     }
 
     /// Closes every connection open now; new ones are accepted as usual.

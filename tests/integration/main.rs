@@ -17,6 +17,7 @@ mod forged_saga_input;
 mod idempotency;
 mod least_privilege;
 mod load;
+mod observability;
 mod poison;
 mod projections;
 mod python_client;

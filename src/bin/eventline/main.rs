@@ -23,6 +23,7 @@ mod projections;
 mod query;
 mod relay;
 mod send;
+mod status;
 mod tail;
 mod telemetry;
 #[cfg(test)]
@@ -77,11 +78,15 @@ enum Command {
     Orders(orders::Args),
     /// Place an order and wait for its final outcome (confirmed, rejected or cancelled).
     PlaceOrder(place_order::Args),
+    /// One screen: each service's replicas and queues, dead letters, relay and projection
+    /// lag, inbox size, the last minute's activity. Exit status 1 when something is unhealthy.
+    Status(eventline::status::StatusOptions),
     /// Print one conversation (a correlation id, e.g. an order id) as a causal tree: who
     /// handled what, caused by what, recording which events. Ordered by causation, not clocks.
     Trace(trace::Args),
-    /// Print a fresh Ed25519 key pair for session tokens and fresh passwords for the
-    /// per-service broker users, as environment variables.
+    /// Print fresh Ed25519 key pairs (auth's, for session tokens; orders', for the saga's step
+    /// credentials) and fresh passwords for the per-service broker users, as environment
+    /// variables (or JSON with --json).
     Keygen,
     /// Define one broker user per service and one for the relay, each allowed only its own
     /// queues (see README, "Least privilege"). Prints RabbitMQ definitions JSON; with --apply,
@@ -174,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Products => products::run(globals).await,
         Command::Orders(args) => orders::run(args, globals).await,
         Command::PlaceOrder(args) => place_order::run(args, globals).await,
+        Command::Status(options) => status::run(options, globals).await,
         Command::Trace(args) => trace::run(args, globals).await,
         Command::Keygen => keygen::run(globals),
         Command::BrokerUsers(args) => broker_users::run(args, globals).await,

@@ -13,6 +13,10 @@ use crate::{Exit, Globals};
 pub async fn run(globals: Globals) -> anyhow::Result<Exit> {
     let config = globals.config;
     let store = wait_for_database(&config).await?;
-    Relay::new(config, store).run(Shutdown::on_signals()).await;
+    let shutdown = Shutdown::on_signals();
+    eventline_workers::runtime::http::Settings::from_env()?
+        .start(&config.namespace, &store, true, &shutdown)
+        .await?;
+    Relay::new(config, store).run(shutdown).await;
     Ok(Exit::Success)
 }

@@ -47,6 +47,9 @@ pub async fn run(Args { service }: Args, globals: Globals) -> anyhow::Result<Exi
     }
     let shutdown = Shutdown::on_signals();
     let store = wait_for_database(&config).await?;
+    eventline_workers::runtime::http::Settings::from_env()?
+        .start(&config.namespace, &store, false, &shutdown)
+        .await?;
     services::run(service, config, store, shutdown).await;
     Ok(Exit::Success)
 }

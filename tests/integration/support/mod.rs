@@ -203,6 +203,21 @@ impl TestSystem {
             .spawn(CommandWorker::new(config, store, handler).run(self.shutdown.clone()));
     }
 
+    /// Serves this system's `/metrics`, `/healthz` and `/readyz` on a free loopback port,
+    /// with the database sampler (and the relay-stall check when `relay`), as a server
+    /// process does with EVENTLINE_METRICS_ADDR. Returns the bound address.
+    pub async fn serve_observability(&self, relay: bool) -> std::net::SocketAddr {
+        let settings = eventline_workers::runtime::http::Settings {
+            address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            relay_stall: Duration::from_secs(30),
+        };
+        settings
+            .start(&self.namespace, &self.store, relay, &self.shutdown)
+            .await
+            .expect("serve the observability endpoint")
+            .expect("an address was given")
+    }
+
     /// A session token signed with this system's key.
     pub fn token(&self, role: Role, lifetime: Duration) -> String {
         let signing = &self.config.auth.signing.as_ref().expect("test keys").0;

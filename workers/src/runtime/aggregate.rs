@@ -204,6 +204,15 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
         let mut rounds = 0;
         while !pending.is_empty() {
             rounds += 1;
+            if rounds > 1
+                && let Some((ctx, _)) = batch.first()
+            {
+                super::metrics::conflicts_redecided(
+                    &ctx.config.namespace,
+                    A::SERVICE,
+                    pending.len(),
+                );
+            }
             if rounds > 1 + BATCH_CONFLICT_RETRIES {
                 return Err(StoreError::Conflict {
                     stream_id: streams[pending[0]].to_string(),

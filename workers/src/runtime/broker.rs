@@ -458,6 +458,7 @@ pub async fn publish_confirmed(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), BrokerError> {
+    let started = std::time::Instant::now();
     let confirm = channel
         .basic_publish(
             exchange.into(),
@@ -471,6 +472,7 @@ pub async fn publish_confirmed(
         )
         .await?
         .await?;
+    super::metrics::confirm_waited(super::metrics::Publisher::Message, started.elapsed());
     match confirm {
         Confirmation::Nack(_) => Err(BrokerError::Nacked {
             exchange: exchange.to_owned(),

@@ -5,6 +5,9 @@
 //! service implements) → [`worker`] (the consume loop) → [`settle`] (the one decision: ack,
 //! retry, requeue or dead-letter; `broker::carry_out` carries it out) → [`log_reader`] →
 //! [`relay`] / [`projection`].
+//! Observability: [`metrics`] (every metric's name and recording function), [`readiness`],
+//! [`sampler`] (lag and inbox gauges from the database), [`http`] (`/metrics`, `/healthz`,
+//! `/readyz`).
 
 pub mod aggregate;
 pub mod backoff;
@@ -12,11 +15,15 @@ pub mod broker;
 pub mod config;
 pub mod db_roles;
 pub mod handler;
+pub mod http;
 pub mod inbox;
 pub mod log_reader;
+pub mod metrics;
 pub mod projection;
+pub mod readiness;
 pub mod redact;
 pub mod relay;
+pub mod sampler;
 pub mod settle;
 pub mod shutdown;
 pub mod state_cache;

@@ -23,6 +23,8 @@ use super::backoff::Backoff;
 use super::broker::{self, BrokerError};
 use super::config::Config;
 use super::log_reader::{HOLE_POLL_INTERVAL, LogReader};
+use super::metrics::{self, Peer, Publisher};
+use super::readiness;
 use super::shutdown::Shutdown;
 use super::store::{EventStore, RecordedEvent, StoreError, save_checkpoint};
 
@@ -31,6 +33,8 @@ pub const CHECKPOINT: &str = "relay";
 /// How long an idle relay waits before polling the log again.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
 const BATCH_SIZE: i64 = 512;
+/// The relay's component in the readiness report.
+const READINESS: &str = "relay";
 /// Advisory lock key: `hashtext('eventline.relay')` keeps it readable in `pg_locks`.
 const LEADER_LOCK: &str = "SELECT pg_try_advisory_lock(hashtext('eventline.relay'))";
 
@@ -49,6 +53,16 @@ enum RelayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+}
+
+impl RelayError {
+    /// Which side failed, for the reconnect counter.
+    fn peer(&self) -> Peer {
+        match self {
+            Self::Store(_) => Peer::Database,
+            Self::Broker(_) => Peer::Broker,
+        }
+    }
 }
 
 impl From<sqlx::Error> for RelayError {
@@ -72,6 +86,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(config: Config, store: EventStore) -> Self {
+        readiness::report(&config.namespace, READINESS, false, "starting");
         Self {
             topology: Topology::new(config.namespace.clone()),
             config,
@@ -89,9 +104,11 @@ impl Relay {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !shutdown.is_triggered() {
             match self.session(&shutdown).await {
-                Ok(()) => return,
+                Ok(()) => return readiness::remove(&self.config.namespace, READINESS),
                 Err(error) => {
                     warn!(%error, "relay session ended; reconnecting");
+                    readiness::report(&self.config.namespace, READINESS, false, error.to_string());
+                    metrics::reconnecting(&self.config.namespace, "relay", error.peer());
                     if !backoff.wait(shutdown.token()).await {
                         return;
                     }
@@ -116,6 +133,7 @@ impl Relay {
             }
             if !waiting_logged {
                 info!("another relay is the leader; standing by");
+                readiness::report(&self.config.namespace, READINESS, true, "standing by");
                 waiting_logged = true;
             }
             tokio::select! {
@@ -134,6 +152,12 @@ impl Relay {
 
         let mut reader = LogReader::after(self.store.checkpoint(CHECKPOINT).await?, BATCH_SIZE);
         info!(from = reader.position(), "relay is the leader; publishing");
+        readiness::report(
+            &self.config.namespace,
+            READINESS,
+            true,
+            "the leader, publishing",
+        );
         loop {
             let batch = reader.next_batch(&mut conn).await?;
             self.progress.send_modify(|p| p.polls += 1);
@@ -164,6 +188,7 @@ impl Relay {
                     .await?;
                 confirms.push(confirm);
             }
+            let started = std::time::Instant::now();
             for confirm in confirms {
                 if let Confirmation::Nack(_) = confirm.await? {
                     return Err(BrokerError::Nacked {
@@ -173,7 +198,9 @@ impl Relay {
                     .into());
                 }
             }
+            metrics::confirm_waited(Publisher::RelayBatch, started.elapsed());
             save_checkpoint(&mut conn, CHECKPOINT, reader.position()).await?;
+            metrics::relay_published(&self.config.namespace, batch.len());
             debug!(
                 count = batch.len(),
                 through = reader.position(),

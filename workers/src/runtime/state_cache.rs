@@ -42,9 +42,12 @@ impl<S: Clone> StateCache<S> {
     pub fn get(&self, stream_id: &StreamId) -> Option<(S, i64)> {
         let mut generations = self.lock();
         if let Some(entry) = generations.young.get(stream_id) {
+            super::metrics::state_cache_lookup(true);
             return Some(entry.clone());
         }
-        let entry = generations.old.remove(stream_id)?;
+        let entry = generations.old.remove(stream_id);
+        super::metrics::state_cache_lookup(entry.is_some());
+        let entry = entry?;
         let copy = entry.clone();
         self.insert(&mut generations, stream_id.clone(), entry);
         Some(copy)

@@ -47,6 +47,8 @@ use super::backoff;
 use super::broker::{self, BrokerError, DeclaredQueues};
 use super::config::Config;
 use super::handler::{Dispatch, Handler, Input};
+use super::metrics;
+use super::readiness;
 use super::settle::Failure;
 use super::shutdown::Shutdown;
 use super::store::EventStore;
@@ -72,6 +74,8 @@ enum Outcome {
     Handled {
         reply: Reply,
         dispatch: Vec<Dispatch>,
+        /// A message id handled before: its stored outcome, sent again.
+        duplicate: bool,
     },
     Failed(Failure),
 }
@@ -102,10 +106,13 @@ struct Received<C> {
     principal: Result<Principal, TokenError>,
     span: Span,
     outcome: Option<Outcome>,
+    /// When it was received: the handling latency runs from here to its settlement.
+    received_at: std::time::Instant,
 }
 
 impl<H: Handler> CommandWorker<H> {
     pub fn new(config: Config, store: EventStore, handler: H) -> Self {
+        readiness::report(&config.namespace, &Self::inbox_name(), false, "starting");
         Self {
             topology: Topology::new(config.namespace.clone()),
             config,
@@ -119,7 +126,21 @@ impl<H: Handler> CommandWorker<H> {
     pub async fn run(self, shutdown: Shutdown) {
         let this = Arc::new(self);
         let what = format!("{} worker", H::SERVICE);
-        backoff::reconnect(shutdown.token(), &what, || this.clone().session(&shutdown)).await;
+        backoff::reconnect(shutdown.token(), &what, || {
+            let this = this.clone();
+            let shutdown = &shutdown;
+            async move {
+                let namespace = this.config.namespace.clone();
+                let ended = this.session(shutdown).await;
+                if let Err(error) = &ended {
+                    readiness::report(&namespace, &Self::inbox_name(), false, error.to_string());
+                    metrics::reconnecting(&namespace, "worker", metrics::Peer::Broker);
+                }
+                ended
+            }
+        })
+        .await;
+        readiness::remove(&this.config.namespace, &Self::inbox_name());
     }
 
     /// One connection's lifetime: declare, consume, and on shutdown drain in-flight work.
@@ -154,6 +175,12 @@ impl<H: Handler> CommandWorker<H> {
         }
         let mut deliveries = futures_util::stream::select_all(consumers);
         info!(queues = ?queues, replica = %self.config.replica, prefetch = self.config.prefetch, "consuming");
+        readiness::report(
+            &self.config.namespace,
+            &Self::inbox_name(),
+            true,
+            "consuming",
+        );
 
         // Batches are handled concurrently; the broker's prefetch bounds how many deliveries
         // they hold, and for a batching handler BATCHES_IN_FLIGHT bounds how many batches, so
@@ -231,6 +258,7 @@ impl<H: Handler> CommandWorker<H> {
             .map(|(queue, d)| self.receive(queue, d))
             .collect();
         self.handle_all(&mut items).await;
+        metrics::batch_handled(&self.config.namespace, H::SERVICE, items.len());
         drop(turn);
         // Concurrently: each waits only for its own confirms, so the publishes of the whole
         // batch are in flight together.
@@ -292,6 +320,7 @@ impl<H: Handler> CommandWorker<H> {
             principal,
             span,
             outcome,
+            received_at: std::time::Instant::now(),
         }
     }
 

@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 use super::{CommandWorker, Outcome, Received, Session};
 use crate::runtime::broker::{self, BrokerError, SettleRoute};
 use crate::runtime::handler::{Destination, Dispatch, Handler};
+use crate::runtime::metrics::{self, Settled};
 use crate::runtime::redact::redact_secrets;
 use crate::runtime::settle::{Attempt, Failure, Happened, Settlement, settle};
 
@@ -43,8 +44,19 @@ impl<H: Handler> CommandWorker<H> {
             replica: &self.config.replica,
         };
         let body = &item.message.body;
+        // The `outcome` label when the settlement is an ack of a handled message.
+        let mut kind = Settled::Rejected;
         let (mut settlement, reply) = match outcome {
-            Outcome::Handled { reply, dispatch } => {
+            Outcome::Handled {
+                reply,
+                dispatch,
+                duplicate,
+            } => {
+                kind = match (&reply, duplicate) {
+                    (_, true) => Settled::Duplicate,
+                    (Reply::Accepted { .. }, false) => Settled::Accepted,
+                    (Reply::Rejected { .. }, false) => Settled::Rejected,
+                };
                 match &reply {
                     Reply::Accepted { events, .. } => debug!(events = events.len(), "accepted"),
                     Reply::Rejected { reason } => info!(code = %reason.code, "rejected"),
@@ -92,7 +104,15 @@ impl<H: Handler> CommandWorker<H> {
             )
             .await;
             match result {
-                Ok(()) => return,
+                Ok(()) => {
+                    let outcome = match &settlement {
+                        Settlement::Ack => kind,
+                        Settlement::Refuse { .. } => Settled::Rejected,
+                        Settlement::Retry { .. } | Settlement::Requeue => Settled::Retried,
+                        Settlement::DeadLetter { .. } => Settled::DeadLettered,
+                    };
+                    return self.count(item, outcome);
+                }
                 Err(error) if settlement != Settlement::Requeue => {
                     let failure = Failure::NotSettled(error.to_string());
                     warn!(%error, ?settlement, "could not carry the settlement out");
@@ -101,10 +121,21 @@ impl<H: Handler> CommandWorker<H> {
                 // The channel is gone: the broker redelivers, and the inbox makes that harmless.
                 Err(error) => {
                     warn!(%error, "could not settle the message; the broker will redeliver it");
-                    return;
+                    return self.count(item, Settled::Unsettled);
                 }
             }
         }
+    }
+
+    /// Counts one settled delivery: the one place a message's outcome reaches the metrics.
+    fn count(&self, item: &Received<H::Command>, outcome: Settled) {
+        metrics::message_settled(
+            &self.config.namespace,
+            H::SERVICE,
+            metrics::type_label::<H::Command>(item.message.message_type.as_deref()),
+            outcome,
+            item.received_at.elapsed(),
+        );
     }
 
     /// Publishes what the handler dispatched, each with a confirm.

@@ -19,12 +19,13 @@ use crate::runtime::handler::{
     Context, Dispatch, Handled, Handler, HandlerError, Input, MAX_TRANSACTION, transaction_too_long,
 };
 use crate::runtime::inbox::Digest;
+use crate::runtime::metrics;
 use crate::runtime::settle::Failure;
 use crate::runtime::store::{BatchClaim, CommandTx, StoreError};
 
 impl<H: Handler> CommandWorker<H> {
     /// The inbox a handler's messages are claimed in.
-    fn inbox_name() -> String {
+    pub(super) fn inbox_name() -> String {
         match H::INPUT {
             Input::Commands => format!("{}.commands", H::SERVICE),
             Input::Queries => format!("{}.queries", H::SERVICE),
@@ -284,6 +285,7 @@ impl<H: Handler> CommandWorker<H> {
                             if conflicts < self.config.retry.max_conflict_retries =>
                         {
                             conflicts += 1;
+                            metrics::conflicts_redecided(&self.config.namespace, H::SERVICE, 1);
                             debug!(conflicts, "version conflict; deciding again");
                             continue;
                         }
@@ -332,7 +334,11 @@ fn duplicate(reply: Option<serde_json::Value>, outputs: serde_json::Value) -> Ou
                 "this message id was already handled; its outcome was not stored",
             ),
         });
-    Outcome::Handled { reply, dispatch }
+    Outcome::Handled {
+        reply,
+        dispatch,
+        duplicate: true,
+    }
 }
 
 /// What a message gets whose id was already used for a message with other content: a
@@ -350,6 +356,7 @@ fn reused(span: &Span) -> Outcome {
             ),
         },
         dispatch: Vec::new(),
+        duplicate: false,
     }
 }
 
@@ -370,7 +377,15 @@ fn to_stored(
     let dispatch: Vec<Dispatch> = dispatch.into_iter().map(|d| d.signed(saga)).collect();
     let stored = serde_json::to_value(stored_reply.as_ref().unwrap_or(&reply)).unwrap_or_default();
     let outputs = serde_json::to_value(&dispatch).unwrap_or_default();
-    (Outcome::Handled { reply, dispatch }, stored, outputs)
+    (
+        Outcome::Handled {
+            reply,
+            dispatch,
+            duplicate: false,
+        },
+        stored,
+        outputs,
+    )
 }
 
 /// A panic's message, as far as it has one.
