@@ -45,7 +45,10 @@ pub const ALL: &[Code] = &[
     code("unknown_message_type", ReplyAndDeadLetter),
     code("invalid_body", ReplyAndDeadLetter),
     code("unreadable_stream", ReplyAndDeadLetter),
-    code("retries_exhausted", DeadLetter),
+    code("database_refused", ReplyAndDeadLetter),
+    code("undecodable_stored_dispatch", ReplyAndDeadLetter),
+    code("handler_panicked", ReplyAndDeadLetter),
+    code("retries_exhausted", ReplyAndDeadLetter),
     code("delivery_limit", DeadLetter),
     // Authority.
     code("forbidden", ReplyOrBoth),
@@ -53,6 +56,8 @@ pub const ALL: &[Code] = &[
     code("token_invalid", Reply),
     code("token_expired", Reply),
     code("token_unverifiable", Reply),
+    // Idempotency.
+    code("idempotency_key_reused", Reply),
     // Catalog.
     code("unknown_product", Reply),
     code("product_exists", Reply),

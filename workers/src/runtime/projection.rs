@@ -219,15 +219,9 @@ async fn advance(
 
 /// Whether an apply error is the event's fault (poison), not the connection's.
 fn is_poison(error: &StoreError) -> bool {
-    match error {
-        StoreError::Corrupt(_) => true,
-        StoreError::Database(e) => e
-            .as_database_error()
-            .and_then(|d| d.code())
-            // 22: data exception; 23: integrity constraint violation.
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
-    }
+    // The store classifies driver errors once: SQLSTATE 22 (data exception) and 23
+    // (integrity constraint violation) are `Permanent`.
+    matches!(error, StoreError::Corrupt(_) | StoreError::Permanent { .. })
 }
 
 /// Applies `batch` in the open transaction `tx`, or says which event is poison.
