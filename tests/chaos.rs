@@ -167,7 +167,7 @@ async fn the_checks_catch_a_lost_order_a_duplicate_and_a_gap() {
         .bind(version as i64)
         .bind(uuid::Uuid::now_v7())
         .bind(serde_json::json!({ "order_id": placed }))
-        .bind(serde_json::json!({ "causation_id": causation, "correlation_id": placed }))
+        .bind(serde_json::json!({ "causation_id": causation, "correlation_id": placed, "recorded_by": "test" }))
         .execute(store.pool())
         .await
         .unwrap();

@@ -280,8 +280,9 @@ pub fn poison(index: usize) -> (Service, Vec<u8>, lapin::BasicProperties) {
 
 /// Steps that arrive before the state they depend on: a commit of a reservation that was never
 /// made, and a refund of a payment that was never charged. Each must be answered and change
-/// nothing (the stock and money checks see to that).
-pub fn steps_before_state() -> Vec<OutgoingMessage> {
+/// nothing (the stock and money checks see to that). They are signed with orders' key `saga`,
+/// as the saga signs its steps: these test order, not authority.
+pub fn steps_before_state(saga: &ed25519_dalek::SigningKey) -> Vec<OutgoingMessage> {
     let order = uuid::Uuid::now_v7();
     [
         (
@@ -294,10 +295,23 @@ pub fn steps_before_state() -> Vec<OutgoingMessage> {
         ),
     ]
     .into_iter()
-    .map(|(message_type, body)| OutgoingMessage {
-        metadata: Metadata::origin(message_type),
-        body: body.to_string().into_bytes(),
-        extra_headers: Vec::new(),
+    .map(|(message_type, body)| {
+        let metadata = Metadata::origin(message_type);
+        let body = body.to_string().into_bytes();
+        let credential = eventline_workers::runtime::token::service_credential(
+            saga,
+            &metadata.message_id.to_string(),
+            message_type,
+            &body,
+        );
+        OutgoingMessage {
+            metadata,
+            body,
+            extra_headers: vec![(
+                eventline_events::auth::SERVICE_CREDENTIAL_HEADER,
+                eventline_events::envelope::HeaderValue::Text(credential),
+            )],
+        }
     })
     .collect()
 }

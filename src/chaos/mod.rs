@@ -216,6 +216,9 @@ pub async fn run_scenario(
         .join("target/chaos-logs")
         .join(scenario.name());
     let _ = std::fs::remove_dir_all(&log_dir);
+    // Orders' key: the system's orders workers sign the saga's steps with it, and the
+    // duplicates scenario signs its early steps with it too (a step without it is forbidden).
+    let saga = token::generate_signing_key();
     let mut supervisor = Supervisor::new(
         exe,
         vec![
@@ -246,7 +249,7 @@ pub async fn run_scenario(
             // Orders signs the saga's steps; the other services only verify (they drop it).
             (
                 "EVENTLINE_ORDERS_SIGNING_KEY".into(),
-                token::encode_key(&token::generate_signing_key().to_bytes()),
+                token::encode_key(&saga.to_bytes()),
             ),
             ("EVENTLINE_SAGA_TIMEOUT_MS".into(), "5000".into()),
             ("RUST_LOG".into(), "info,lapin=off".into()),
@@ -259,6 +262,7 @@ pub async fn run_scenario(
         namespace,
         store: store.clone(),
         signing,
+        saga,
         options,
         scenario,
     };
@@ -307,6 +311,8 @@ struct System<'a> {
     topology: Topology,
     store: EventStore,
     signing: ed25519_dalek::SigningKey,
+    /// Orders' key, for the saga steps the duplicates scenario sends early.
+    saga: ed25519_dalek::SigningKey,
     options: &'a ChaosOptions,
     scenario: Scenario,
 }
@@ -508,7 +514,7 @@ impl System<'_> {
                     ),
                 }
             }
-            for step in checks::steps_before_state() {
+            for step in checks::steps_before_state(&self.saga) {
                 if let Answer::Unanswered = clients[0].deliver(&step, bound, false).await {
                     bail!(
                         "{} sent before its state was never answered",
