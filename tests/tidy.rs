@@ -318,12 +318,20 @@ fn the_contract_crate_depends_on_no_io_crate() {
     );
 }
 
+/// Service files allowed to name the store, each with its reason.
+const IO_EXEMPT: &[(&str, &str)] = &[(
+    "workers/src/services/payments/mod.rs",
+    "its `Handler::outside` step records the intent and the provider's answer in single \
+     statements around the provider call, with no transaction open (no external call inside a \
+     transaction); the runtime hands it the store for exactly that",
+)];
+
 #[test]
 fn no_service_reaches_for_the_broker_or_a_pool() {
     let mut violations = Vec::new();
     // Each service's own folder; services/mod.rs is the wiring that starts them.
     for (path, text) in rust_files("workers/src/services") {
-        if path.matches('/').count() < 4 {
+        if path.matches('/').count() < 4 || IO_EXEMPT.iter().any(|(file, _)| *file == path) {
             continue;
         }
         for line in service_does_io(&text) {
