@@ -95,7 +95,7 @@ async fn read_models_equal_a_fresh_fold_after_connections_are_killed_repeatedly(
                 killed += terminate_backends(&mut killer).await;
                 rounds += 1;
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(150)) => {}
+                    () = tokio::time::sleep(Duration::from_millis(150)) => {} // ok: the pace of the fault, not a wait for a result
                     () = stop.cancelled() => {}
                 }
             }
