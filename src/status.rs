@@ -241,11 +241,9 @@ pub fn render(status: &Status) -> String {
                 r.reader, r.position, r.events, r.seconds
             );
         }
-        let _ = writeln!(
-            out,
-            "\ninbox: {} messages handled in all",
-            sample.inbox_rows
-        );
+        if let Some(rows) = sample.inbox_rows {
+            let _ = writeln!(out, "\ninbox: {rows} messages handled in all");
+        }
     }
     if let Some(minute) = &status.last_minute {
         let list = |items: &[(String, i64)]| {

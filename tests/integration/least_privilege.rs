@@ -9,7 +9,7 @@ use eventline_events::values::OrderId;
 use eventline_workers::runtime::relay::{self, Relay};
 use eventline_workers::runtime::store::EventStore;
 use eventline_workers::runtime::{Config, SecretUrl, Shutdown};
-use eventline_workers::runtime::{broker, db_roles};
+use eventline_workers::runtime::{broker, db_roles, sampler};
 use eventline_workers::services;
 use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
@@ -196,6 +196,23 @@ async fn each_login_does_its_job_and_touches_only_its_own_tables_and_streams() {
         assert!(error.contains("permission denied"), "{sql}: {error}");
     }
     let _ = relay.close().await;
+    // What /readyz stands on: the sampler reads the lag with each login. The relay's may
+    // not read the inbox, so its sample has no inbox size (it once failed, and compose never
+    // saw the relay ready).
+    let relay_sample = sampler::sample(relay_store.pool())
+        .await
+        .expect("the relay login can sample the log readers' lag");
+    assert!(
+        relay_sample
+            .readers
+            .iter()
+            .any(|r| r.reader == relay::CHECKPOINT)
+    );
+    assert_eq!(relay_sample.inbox_rows, None);
+    let catalog_sample = sampler::sample(catalog_store.pool())
+        .await
+        .expect("the catalog login can sample lag and its inbox");
+    assert!(catalog_sample.inbox_rows.is_some_and(|rows| rows >= 2));
     assert_eq!(
         system.count("SELECT count(*) FROM event_log").await,
         log_before

@@ -11,6 +11,7 @@ use eventline_events::catalog::{CatalogCommand, Restock};
 use eventline_events::values::Quantity;
 use eventline_events::{Metadata, OutgoingMessage, Service};
 use eventline_workers::runtime::config::RetryPolicy;
+use eventline_workers::runtime::handler::MAX_TRANSACTION;
 use eventline_workers::runtime::store::EventStore;
 use eventline_workers::runtime::{Config, Shutdown, broker};
 use eventline_workers::services;
@@ -18,7 +19,7 @@ use futures_util::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::support::sabotage::{DIVIDE_BY_ZERO, PANIC, Sabotaged};
+use crate::support::sabotage::{DIVIDE_BY_ZERO, HANG, PANIC, Sabotaged};
 use crate::support::{PATIENCE, TestSystem, eventually, product};
 
 fn restock(id: &str) -> OutgoingMessage {
@@ -121,6 +122,60 @@ async fn a_permanent_database_error_is_dead_lettered_at_once_with_its_reason() {
         "{letter:?}"
     );
     // A valid command still flows.
+    assert!(system.add_product("tea", 1).await.is_accepted());
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_handler_that_keeps_its_transaction_open_too_long_is_rolled_back_by_the_runtime() {
+    let mut system = TestSystem::start().await;
+    let config = Config {
+        replica: "catalog-sabotaged".into(),
+        // One attempt and no retry round: the first timeout is the message's end.
+        retry: RetryPolicy {
+            in_process_attempts: 1,
+            max_rounds: 0,
+            ..RetryPolicy::default()
+        },
+        ..system.config.clone()
+    };
+    system.start_handler(config, Sabotaged::default());
+    system.wait_for_consumers(Service::Catalog, 1).await;
+    assert!(system.add_product(HANG, 1).await.is_accepted());
+    let message = restock(HANG);
+    let id = message.metadata.message_id.to_string();
+    system.client.publish(&message).await.unwrap();
+    let letters = dead_letters_of(&system, std::slice::from_ref(&id)).await;
+    let letter = &letters[0];
+    // The runtime's own bound ended it, not the database's idle timeout (10 s, later), and
+    // the reason tells the handler's author what to do instead.
+    assert_eq!(letter.code, "retries_exhausted", "{letter:?}");
+    assert!(
+        letter
+            .reason
+            .contains(&format!("longer than {MAX_TRANSACTION:?}"))
+            && letter.reason.contains("Handler::outside"),
+        "{letter:?}"
+    );
+    // Rolled back: no inbox claim survives, and nothing was appended for the hanging restock.
+    assert_eq!(
+        system
+            .count(&format!(
+                "SELECT count(*) FROM processed_messages WHERE message_id::text = '{id}'"
+            ))
+            .await,
+        0
+    );
+    assert_eq!(
+        system
+            .count(&format!(
+                "SELECT count(*) FROM event_log WHERE stream_id = 'catalog.product-{HANG}'"
+            ))
+            .await,
+        1,
+        "only the product's creation is in its stream"
+    );
+    // The worker is still there for everyone else.
     assert!(system.add_product("tea", 1).await.is_accepted());
     system.stop().await;
 }

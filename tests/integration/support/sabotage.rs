@@ -1,6 +1,7 @@
 //! A test-only handler: the real catalog aggregate, except that a restock of product `panic`
 //! panics inside the handler and a restock of product `div0` makes the database refuse the
-//! transaction (division by zero, SQLSTATE 22012). Run through the real `CommandWorker`, so
+//! transaction (division by zero, SQLSTATE 22012), and a restock of product `hang` waits
+//! inside its transaction on something that never answers. Run through the real `CommandWorker`, so
 //! the runtime's settlement is tested without any trigger in production code.
 
 use eventline_events::Service;
@@ -14,6 +15,9 @@ use eventline_workers::services::catalog::Product;
 pub const PANIC: &str = "panic";
 /// The product id whose restock hits a data exception in the database.
 pub const DIVIDE_BY_ZERO: &str = "div0";
+/// The product id whose restock waits forever with its transaction open, as a handler that
+/// calls the outside world inside its transaction would when the outside world is slow.
+pub const HANG: &str = "hang";
 
 #[derive(Default)]
 pub struct Sabotaged {
@@ -48,6 +52,7 @@ impl Handler for Sabotaged {
                         .await
                         .map_err(StoreError::from)?;
                 }
+                HANG => std::future::pending::<()>().await,
                 _ => {}
             }
         }
