@@ -164,7 +164,14 @@ impl Message {
 
     /// A saga step as orders would send it: with orders' credential.
     fn signed_by_orders(self, system: &TestSystem) -> Self {
-        let key = system.config.saga.signing.clone().expect("test keys").0;
+        let key = system
+            .config
+            .saga
+            .orders
+            .signing
+            .clone()
+            .expect("test keys")
+            .0;
         self.signed(&key)
     }
 

@@ -288,20 +288,16 @@ impl<H: Handler> CommandWorker<H> {
         );
         let (command, outcome) = match message.decode::<H::Command>() {
             // Checked before the inbox claim: a forged step must not take the real step's id.
-            Ok(decoded) if self.handler.only_from_saga(&decoded.1) => {
-                match token::check_service_credential(&message, self.config.saga.verifying.as_ref())
-                {
-                    Ok(()) => (Some(decoded), None),
-                    Err(e) => (
-                        None,
-                        Some(Outcome::Failed(Failure::Forbidden {
-                            code: e.code(),
-                            reason: e.to_string(),
-                        })),
-                    ),
-                }
-            }
-            Ok(decoded) => (Some(decoded), None),
+            Ok(decoded) => match self.authorize(&message, &decoded) {
+                Ok(()) => (Some(decoded), None),
+                Err(e) => (
+                    None,
+                    Some(Outcome::Failed(Failure::Forbidden {
+                        code: e.code(),
+                        reason: e.to_string(),
+                    })),
+                ),
+            },
             Err(error) => (
                 None,
                 Some(Outcome::Failed(Failure::Undecodable {
@@ -321,6 +317,29 @@ impl<H: Handler> CommandWorker<H> {
             span,
             outcome,
             received_at: std::time::Instant::now(),
+        }
+    }
+
+    /// Checks the service credential of a message only one service may send: a saga step
+    /// (orders' signature) or a reply to one (its callee's). One signature check at most;
+    /// every other message passes untouched (its token, if it needs one, is `decide`'s).
+    fn authorize(
+        &self,
+        message: &IncomingMessage,
+        (metadata, command): &(Metadata, H::Command),
+    ) -> Result<(), token::CredentialError> {
+        let keys = &self.config.saga;
+        if self.handler.only_from_saga(command) {
+            return token::check_service_credential(message, keys.orders.verifying.as_ref());
+        }
+        match self.handler.answered_by(command, metadata) {
+            Some(callee) => token::check_reply_credential(
+                message,
+                &metadata.causation_id.to_string(),
+                callee,
+                keys.of(callee).and_then(|k| k.verifying.as_ref()),
+            ),
+            None => Ok(()),
         }
     }
 

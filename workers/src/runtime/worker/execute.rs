@@ -211,8 +211,7 @@ impl<H: Handler> CommandWorker<H> {
             };
             let failure = classify(&error);
             match failure {
-                Failure::Transient(_) | Failure::ConflictsExhausted(_) if attempt < attempts =>
-                {
+                Failure::Transient(_) | Failure::ConflictsExhausted(_) if attempt < attempts => {
                     warn!(%error, attempt, "transient failure; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
