@@ -162,6 +162,30 @@ impl Message {
         self
     }
 
+    /// An `eventline.reply` to step `step` of `order`, as a callee would send it, signed (if
+    /// at all) by `key` claiming to be `signer`.
+    fn reply_to_step(
+        mut self,
+        order: OrderId,
+        step: &str,
+        signer: Option<(&ed25519_dalek::SigningKey, Service)>,
+    ) -> Self {
+        self.metadata.correlation_id = CorrelationId::from_uuid(order.as_uuid());
+        self.metadata.causation_id =
+            eventline_workers::services::orders::step_id(order, step).into();
+        if let Some((key, signer)) = signer {
+            let credential = token::reply_credential(
+                key,
+                signer,
+                &self.metadata.message_id.to_string(),
+                &self.metadata.causation_id.to_string(),
+                &self.body,
+            );
+            self.credential = Some(text(&credential));
+        }
+        self
+    }
+
     /// A saga step as orders would send it: with orders' credential.
     fn signed_by_orders(self, system: &TestSystem) -> Self {
         let key = system
@@ -2021,6 +2045,47 @@ fn build_cases(
         Outcome::poison("forbidden"),
         "the timeout is a message orders sends itself",
     );
+    // Replies to saga steps from anyone but the step's callee: refused before their id is
+    // claimed, dead-lettered, and the order untouched.
+    let catalog_key = system
+        .config
+        .saga
+        .catalog
+        .signing
+        .clone()
+        .expect("test keys")
+        .0;
+    let paid = serde_json::to_value(Reply::Accepted {
+        stream_id: eventline_events::payments::payment_stream(taken.order_id),
+        events: Vec::new(),
+        result: None,
+    })
+    .expect("a reply is JSON");
+    for (name, sent, signer) in [
+        (
+            "forged_reply_to_charge",
+            "`eventline.reply` accepted for an order's charge step, no credential",
+            None,
+        ),
+        (
+            "forged_reply_other_service_key",
+            "`eventline.reply` accepted for an order's charge step, signed with catalog's key",
+            Some((&catalog_key, Service::Catalog)),
+        ),
+    ] {
+        let m = c
+            .json(eventline_events::reply::REPLY_TYPE, paid.clone())
+            .reply_to_step(taken.order_id, "charge", signer);
+        c.add(
+            name,
+            Orders,
+            sent,
+            m,
+            same,
+            Outcome::poison("forbidden"),
+            "a reply to a step is its callee's word: payments signs its replies to the charge with its own key",
+        );
+    }
     // Token roles as the contract states them.
     let m = c
         .json(

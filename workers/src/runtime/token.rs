@@ -328,7 +328,7 @@ mod tests {
         }
     }
 
-    fn step(
+    fn step_message(
         id: &str,
         message_type: &str,
         body: &str,
@@ -361,7 +361,7 @@ mod tests {
         let credential = service_credential(&orders, id, kind, body.as_bytes());
         assert_eq!(
             check_service_credential(
-                &step(id, kind, body, Some(credential.clone())),
+                &step_message(id, kind, body, Some(credential.clone())),
                 Some(&public)
             ),
             Ok(())
@@ -369,14 +369,14 @@ mod tests {
         // The same credential on another id, another type or another body is refused.
         let other_id = "0193a5c2-7e41-7b3a-9c1d-4f2e8a6b0c12";
         for forged in [
-            step(other_id, kind, body, Some(credential.clone())),
-            step(
+            step_message(other_id, kind, body, Some(credential.clone())),
+            step_message(
                 id,
                 "payments.charge_payment",
                 body,
                 Some(credential.clone()),
             ),
-            step(id, kind, r#"{"order_id":"y"}"#, Some(credential.clone())),
+            step_message(id, kind, r#"{"order_id":"y"}"#, Some(credential.clone())),
         ] {
             assert!(matches!(
                 check_service_credential(&forged, Some(&public)),
@@ -386,28 +386,91 @@ mod tests {
         // Signed by another key (a client's own), garbage, or absent.
         let foreign = service_credential(&generate_signing_key(), id, kind, body.as_bytes());
         assert!(matches!(
-            check_service_credential(&step(id, kind, body, Some(foreign)), Some(&public)),
+            check_service_credential(&step_message(id, kind, body, Some(foreign)), Some(&public)),
             Err(CredentialError::Invalid(_))
         ));
         assert!(matches!(
-            check_service_credential(&step(id, kind, body, Some("AAAA".into())), Some(&public)),
+            check_service_credential(
+                &step_message(id, kind, body, Some("AAAA".into())),
+                Some(&public)
+            ),
             Err(CredentialError::Invalid(_))
         ));
         assert!(matches!(
-            check_service_credential(&step(id, kind, body, None), Some(&public)),
+            check_service_credential(&step_message(id, kind, body, None), Some(&public)),
             Err(CredentialError::Missing(_))
         ));
         assert!(matches!(
-            check_service_credential(&step(id, kind, body, Some(credential)), None),
+            check_service_credential(&step_message(id, kind, body, Some(credential)), None),
             Err(CredentialError::NoKey(_))
         ));
         // A session token's signature is no credential, even from the same key.
         let token = mint(&orders, Role::Admin, 60);
         let signature = token.rsplit('.').next().unwrap().to_owned();
         assert!(matches!(
-            check_service_credential(&step(id, kind, body, Some(signature)), Some(&public)),
+            check_service_credential(
+                &step_message(id, kind, body, Some(signature)),
+                Some(&public)
+            ),
             Err(CredentialError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_reply_credential_speaks_only_for_its_service_and_the_step_it_answers() {
+        let (payments, catalog) = (generate_signing_key(), generate_signing_key());
+        let public = payments.verifying_key();
+        let (id, step, body) = (
+            "0193a5c2-7e41-7b3a-9c1d-4f2e8a6b0c21",
+            "0193a5c2-7e41-7b3a-9c1d-4f2e8a6b0c22",
+            r#"{"outcome":"accepted"}"#,
+        );
+        let reply = |credential: Option<String>| step_message(id, REPLY_TYPE, body, credential);
+        let signed = reply_credential(&payments, Service::Payments, id, step, body.as_bytes());
+        let check = |message: &IncomingMessage, causation: &str| {
+            check_reply_credential(message, causation, Service::Payments, Some(&public))
+        };
+        assert_eq!(check(&reply(Some(signed.clone())), step), Ok(()));
+        // Re-pointed at another step, or another body: refused.
+        let other_step = "0193a5c2-7e41-7b3a-9c1d-4f2e8a6b0c23";
+        assert_eq!(
+            check(&reply(Some(signed.clone())), other_step),
+            Err(CredentialError::ReplyInvalid(Service::Payments))
+        );
+        let mut altered = reply(Some(signed.clone()));
+        altered.body = br#"{"outcome":"rejected"}"#.to_vec();
+        assert_eq!(
+            check(&altered, step),
+            Err(CredentialError::ReplyInvalid(Service::Payments))
+        );
+        // Catalog's key, signing as catalog or passing itself off as payments.
+        for signer in [Service::Catalog, Service::Payments] {
+            let foreign = reply_credential(&catalog, signer, id, step, body.as_bytes());
+            assert_eq!(
+                check(&reply(Some(foreign)), step),
+                Err(CredentialError::ReplyInvalid(Service::Payments))
+            );
+        }
+        // Payments' own key signing as catalog speaks for no one but catalog.
+        let as_catalog = reply_credential(&payments, Service::Catalog, id, step, body.as_bytes());
+        assert_eq!(
+            check(&reply(Some(as_catalog)), step),
+            Err(CredentialError::ReplyInvalid(Service::Payments))
+        );
+        // A step credential by the same key is no reply credential.
+        let step_credential = service_credential(&payments, id, REPLY_TYPE, body.as_bytes());
+        assert_eq!(
+            check(&reply(Some(step_credential)), step),
+            Err(CredentialError::ReplyInvalid(Service::Payments))
+        );
+        assert_eq!(
+            check(&reply(None), step),
+            Err(CredentialError::ReplyMissing(Service::Payments))
+        );
+        assert_eq!(
+            check_reply_credential(&reply(Some(signed)), step, Service::Payments, None),
+            Err(CredentialError::ReplyNoKey(Service::Payments))
+        );
     }
 
     #[test]
