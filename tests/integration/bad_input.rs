@@ -2061,21 +2061,24 @@ fn build_cases(
         result: None,
     })
     .expect("a reply is JSON");
-    for (name, sent, signer) in [
+    // Each case its own order: the order is the reply's conversation (its correlation id).
+    for (name, sent, order, signer) in [
         (
             "forged_reply_to_charge",
-            "`eventline.reply` accepted for an order's charge step, no credential",
+            "`eventline.reply` accepted for a confirmed order's charge step, no credential",
+            taken.order_id,
             None,
         ),
         (
             "forged_reply_other_service_key",
             "`eventline.reply` accepted for an order's charge step, signed with catalog's key",
+            OrderId::new(),
             Some((&catalog_key, Service::Catalog)),
         ),
     ] {
         let m = c
             .json(eventline_events::reply::REPLY_TYPE, paid.clone())
-            .reply_to_step(taken.order_id, "charge", signer);
+            .reply_to_step(order, "charge", signer);
         c.add(
             name,
             Orders,
