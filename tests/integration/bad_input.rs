@@ -2047,14 +2047,7 @@ fn build_cases(
     );
     // Replies to saga steps from anyone but the step's callee: refused before their id is
     // claimed, dead-lettered, and the order untouched.
-    let catalog_key = system
-        .config
-        .saga
-        .catalog
-        .signing
-        .clone()
-        .expect("test keys")
-        .0;
+    let catalog_key = system.signing_key(Service::Catalog);
     let paid = serde_json::to_value(Reply::Accepted {
         stream_id: eventline_events::payments::payment_stream(taken.order_id),
         events: Vec::new(),

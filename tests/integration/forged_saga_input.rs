@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use eventline::client::{Client, parse_order};
-use eventline_events::auth::{Role, SERVICE_CREDENTIAL_HEADER};
-use eventline_events::envelope::HeaderValue;
+use eventline_events::auth::Role;
 use eventline_events::orders::OrdersCommand;
 use eventline_events::payments::payment_stream;
 use eventline_events::reply::REPLY_TYPE;
@@ -35,16 +34,7 @@ fn forged_charge_reply(order: OrderId, forger: &Forger) -> OutgoingMessage {
     metadata.causation_id = step_id(order, "charge").into();
     let mut message = OutgoingMessage::new(metadata, &OrdersCommand::from(forged));
     if let Some((key, claimed)) = forger {
-        let credential = token::reply_credential(
-            key,
-            *claimed,
-            &message.metadata.message_id.to_string(),
-            &message.metadata.causation_id.to_string(),
-            &message.body,
-        );
-        message
-            .extra_headers
-            .push((SERVICE_CREDENTIAL_HEADER, HeaderValue::Text(credential)));
+        token::sign_reply(&mut message, key, *claimed);
     }
     message
 }
@@ -131,14 +121,7 @@ async fn a_forged_payment_reply_does_not_confirm_an_order() {
 #[tokio::test]
 async fn a_payment_reply_signed_by_another_service_does_not_confirm_an_order() {
     let system = TestSystem::with_all_services(1).await;
-    let catalog = system
-        .config
-        .saga
-        .catalog
-        .signing
-        .clone()
-        .expect("test keys")
-        .0;
+    let catalog = system.signing_key(Service::Catalog);
     // Catalog's key signing as catalog, and catalog's key passing itself off as payments.
     let forgers = [
         Some((catalog.clone(), Service::Catalog)),

@@ -235,18 +235,16 @@ impl TestSystem {
         }
     }
 
+    /// `service`'s own signing key for saga traffic (orders', catalog's or payments').
+    pub fn signing_key(&self, service: Service) -> ed25519_dalek::SigningKey {
+        let keys = self.config.saga.of(service).expect("a saga service");
+        keys.signing.clone().expect("test keys").0
+    }
+
     /// A client with its own connection that signs what it sends with orders' key, as the
     /// saga does: for tests that drive catalog's or payments' steps directly.
     pub async fn saga_client(&self) -> Client {
-        let key = self
-            .config
-            .saga
-            .orders
-            .signing
-            .as_ref()
-            .expect("test keys")
-            .0
-            .clone();
+        let key = self.signing_key(Service::Orders);
         self.client_with_token(None).await.with_saga_key(key)
     }
 

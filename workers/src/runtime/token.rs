@@ -28,10 +28,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use eventline_events::IncomingMessage;
-use eventline_events::Service;
 use eventline_events::auth::{Claims, Role, SERVICE_CREDENTIAL_HEADER, UserId};
 use eventline_events::envelope::HeaderValue;
 use eventline_events::reply::REPLY_TYPE;
+use eventline_events::{OutgoingMessage, Service};
 
 const HEADER: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
 
@@ -229,6 +229,20 @@ pub fn reply_credential(
 ) -> String {
     let input = credential_input(signer, message_id, REPLY_TYPE, Some(causation_id), body);
     URL_SAFE_NO_PAD.encode(key.sign(&input).to_bytes())
+}
+
+/// Puts `signer`'s [`reply_credential`] on `reply` (already addressed: its ids are final).
+pub fn sign_reply(reply: &mut OutgoingMessage, key: &SigningKey, signer: Service) {
+    let credential = reply_credential(
+        key,
+        signer,
+        &reply.metadata.message_id.to_string(),
+        &reply.metadata.causation_id.to_string(),
+        &reply.body,
+    );
+    reply
+        .extra_headers
+        .push((SERVICE_CREDENTIAL_HEADER, HeaderValue::Text(credential)));
 }
 
 /// The message's credential header as signature bytes: `Ok(None)` when there is none.

@@ -223,16 +223,7 @@ impl<H: Handler> CommandWorker<H> {
         if let Some(key) = key
             && item.message.headers.contains_key(SERVICE_CREDENTIAL_HEADER)
         {
-            let credential = token::reply_credential(
-                &key.0,
-                H::SERVICE,
-                &message.metadata.message_id.to_string(),
-                &message.metadata.causation_id.to_string(),
-                &message.body,
-            );
-            message
-                .extra_headers
-                .push((SERVICE_CREDENTIAL_HEADER, HeaderValue::Text(credential)));
+            token::sign_reply(&mut message, &key.0, H::SERVICE);
         }
         // Replies are best effort: the outcome is already committed, and a client that missed
         // it re-sends the same message id and gets the stored reply.
