@@ -143,3 +143,112 @@ async fn a_payment_reply_signed_by_another_service_does_not_confirm_an_order() {
     }
     system.stop().await;
 }
+
+/// The reply catalog sends to a `reserve_stock` that carries `credential`, read from a queue
+/// of the test's own (the step's `reply_to`), with its headers.
+async fn reply_to_reservation(
+    system: &TestSystem,
+    order: OrderId,
+    credential: Option<String>,
+) -> eventline_events::IncomingMessage {
+    let connection = broker::connect(&system.config.amqp_url, "test replies")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = broker::declare_private_queue(&channel).await.unwrap();
+    let step =
+        eventline_events::catalog::CatalogCommand::from(eventline_events::catalog::ReserveStock {
+            product_id: eventline_events::values::ProductId::parse("tea".into()).unwrap(),
+            order_id: order,
+            quantity: eventline_events::values::Quantity::parse(1).unwrap(),
+        });
+    // The real step's (predictable) id, and its order as the conversation.
+    let mut metadata =
+        Metadata::origin("catalog.reserve_stock").with_reply_to(queue.name().as_str());
+    metadata.message_id = step_id(order, "reserve/tea");
+    metadata.correlation_id = CorrelationId::from_uuid(order.as_uuid());
+    let mut message = OutgoingMessage::new(metadata, &step);
+    if let Some(credential) = credential {
+        message.extra_headers.push((
+            eventline_events::auth::SERVICE_CREDENTIAL_HEADER,
+            eventline_events::envelope::HeaderValue::Text(credential),
+        ));
+    }
+    system
+        .client
+        .publish_raw(
+            Service::Catalog,
+            &message.body,
+            broker::properties(&message),
+        )
+        .await
+        .expect("the broker takes the step");
+    let reply = eventually("catalog's reply", || async {
+        match channel
+            .basic_get(
+                queue.name().as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+        {
+            Ok(Some(got)) => Ok(broker::incoming(
+                &got.delivery.properties,
+                got.delivery.data,
+            )),
+            Ok(None) => Err("no reply yet".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+    reply
+}
+
+#[tokio::test]
+async fn catalog_signs_its_reply_only_to_a_step_whose_credential_verified() {
+    let system = TestSystem::with_all_services(1).await;
+    system.add_product("tea", 10).await;
+    let catalog = system.signing_key(Service::Catalog).verifying_key();
+    let check = |reply: &eventline_events::IncomingMessage| {
+        let causation = reply.metadata().expect("a reply's envelope").causation_id;
+        token::check_reply_credential(
+            reply,
+            &causation.to_string(),
+            Service::Catalog,
+            Some(&catalog),
+        )
+    };
+    // A forger names a real step's id and a garbage credential: catalog refuses it, and its
+    // refusal must not carry catalog's word (sent to orders' reply queue, a signed `forbidden`
+    // would reject the real order).
+    let forged = reply_to_reservation(&system, OrderId::new(), Some("AAAA".into())).await;
+    assert!(
+        !forged
+            .headers
+            .contains_key(eventline_events::auth::SERVICE_CREDENTIAL_HEADER),
+        "catalog signed its refusal of a forged step: {:?}",
+        forged.headers
+    );
+    assert!(check(&forged).is_err());
+    // The real step, signed by orders, gets a reply orders can verify as catalog's.
+    let order = OrderId::new();
+    let body = {
+        let step = eventline_events::catalog::CatalogCommand::from(
+            eventline_events::catalog::ReserveStock {
+                product_id: eventline_events::values::ProductId::parse("tea".into()).unwrap(),
+                order_id: order,
+                quantity: eventline_events::values::Quantity::parse(1).unwrap(),
+            },
+        );
+        OutgoingMessage::new(Metadata::origin("catalog.reserve_stock"), &step).body
+    };
+    let credential = token::service_credential(
+        &system.signing_key(Service::Orders),
+        &step_id(order, "reserve/tea").to_string(),
+        "catalog.reserve_stock",
+        &body,
+    );
+    let genuine = reply_to_reservation(&system, order, Some(credential)).await;
+    assert_eq!(check(&genuine), Ok(()));
+    system.stop().await;
+}

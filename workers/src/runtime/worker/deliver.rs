@@ -196,8 +196,10 @@ impl<H: Handler> CommandWorker<H> {
     }
 
     /// Sends `reply` to the sender of `item`, if it asked for one. A reply to a saga step
-    /// (a message that carried a service credential) is signed with this service's own key,
-    /// when it holds one: orders takes a step's reply only with its callee's signature.
+    /// whose orders credential verified is signed with this service's own key, when it holds
+    /// one: orders takes a step's reply only with its callee's signature. A step refused for
+    /// its credential gets an unsigned `forbidden`, so a forger who names a real step's id and
+    /// orders' reply queue cannot have catalog's signed refusal reject a real order.
     async fn reply(&self, session: &Session, item: &Received<H::Command>, reply: &Reply) {
         let Some(cause) = item.metadata.as_ref() else {
             return;
@@ -221,7 +223,7 @@ impl<H: Handler> CommandWorker<H> {
             .of(H::SERVICE)
             .and_then(|k| k.signing.as_ref());
         if let Some(key) = key
-            && item.message.headers.contains_key(SERVICE_CREDENTIAL_HEADER)
+            && item.verified_step
         {
             token::sign_reply(&mut message, &key.0, H::SERVICE);
         }
