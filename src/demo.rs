@@ -16,6 +16,7 @@ use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand, Restock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{Metadata, Namespace, OutgoingMessage, Reply, Service, Topology};
+use eventline_workers::runtime::config::SagaKeys;
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::{Config, SecretUrl};
 use eventline_workers::runtime::{broker, token};
@@ -115,7 +116,7 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
     let log_dir = std::env::current_dir()?.join("target/demo-logs");
     let mut supervisor = Supervisor::new(
         std::env::current_exe()?,
-        vec![
+        [
             ("AMQP_URL".into(), base.amqp_url.expose().to_owned()),
             ("DATABASE_URL".into(), database_url.expose().to_owned()),
             ("EVENTLINE_NAMESPACE".into(), namespace.to_string()),
@@ -127,11 +128,6 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
                 "EVENTLINE_AUTH_PUBLIC_KEY".into(),
                 token::encode_key(&signing.verifying_key().to_bytes()),
             ),
-            // Orders signs the saga's steps; the other services only verify (they drop it).
-            (
-                "EVENTLINE_ORDERS_SIGNING_KEY".into(),
-                token::encode_key(&token::generate_signing_key().to_bytes()),
-            ),
             (
                 "EVENTLINE_SAGA_TIMEOUT_MS".into(),
                 SAGA_TIMEOUT_MS.to_string(),
@@ -140,7 +136,12 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
                 "EVENTLINE_PAYMENT_SLOW_MS".into(),
                 (SAGA_TIMEOUT_MS * 2).to_string(),
             ),
-        ],
+        ]
+        .into_iter()
+        // The saga's keys: orders signs its steps, catalog and payments their replies; each
+        // worker keeps only its own service's signing key.
+        .chain(SagaKeys::generate().signing_env())
+        .collect(),
         &log_dir,
     );
     let result = drive(

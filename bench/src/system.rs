@@ -106,16 +106,13 @@ impl System {
             eventline_events::auth::Role::Customer,
             day,
         );
-        let orders_key = eventline_workers::runtime::config::SigningKey(
-            eventline_workers::runtime::token::generate_signing_key(),
-        );
+        // Orders signs its steps, catalog and payments their replies; each worker keeps only
+        // its own service's signing key.
+        let keys = eventline_workers::runtime::config::SagaKeys::generate();
+        let orders_key = keys.orders.signing.clone().expect("generated keys");
         let supervisor = Supervisor::new(
             eventline,
-            vec![
-                (
-                    "EVENTLINE_ORDERS_SIGNING_KEY".into(),
-                    eventline_workers::runtime::token::encode_key(&orders_key.0.to_bytes()),
-                ),
+            [
                 (
                     "EVENTLINE_AUTH_SIGNING_KEY".into(),
                     eventline_workers::runtime::token::encode_key(&signing.to_bytes()),
@@ -127,7 +124,10 @@ impl System {
                 // The workers' own default; set so a RUST_LOG in the caller's shell does not
                 // turn on per-message debug logging and measure the log writer instead.
                 ("RUST_LOG".into(), "info".into()),
-            ],
+            ]
+            .into_iter()
+            .chain(keys.signing_env())
+            .collect(),
             plan.out.join("logs"),
         );
         Ok(Self {

@@ -28,6 +28,7 @@ use eventline_events::catalog::{AddProduct, CatalogCommand, Restock};
 use eventline_events::orders::OrdersCommand;
 use eventline_events::values::{Money, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{CorrelationId, Metadata, Namespace, OutgoingMessage, Reply, Service};
+use eventline_workers::runtime::config::SagaKeys;
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::{Config, SecretUrl, broker, token};
 use tokio::sync::Mutex;
@@ -216,12 +217,15 @@ pub async fn run_scenario(
         .join("target/chaos-logs")
         .join(scenario.name());
     let _ = std::fs::remove_dir_all(&log_dir);
-    // Orders' key: the system's orders workers sign the saga's steps with it, and the
-    // duplicates scenario signs its early steps with it too (a step without it is forbidden).
-    let saga = token::generate_signing_key();
+    // The saga's keys: orders' workers sign the steps with orders' (and the duplicates
+    // scenario its early steps: a step without it is forbidden), catalog's and payments'
+    // workers their replies with their own (orders refuses an unsigned reply). Every worker
+    // is handed all three and keeps its own service's.
+    let keys = SagaKeys::generate();
+    let saga = keys.orders.signing.clone().expect("generated keys").0;
     let mut supervisor = Supervisor::new(
         exe,
-        vec![
+        [
             (
                 "AMQP_URL".into(),
                 base.amqp_url
@@ -246,14 +250,12 @@ pub async fn run_scenario(
                 "EVENTLINE_AUTH_SIGNING_KEY".into(),
                 token::encode_key(&signing.to_bytes()),
             ),
-            // Orders signs the saga's steps; the other services only verify (they drop it).
-            (
-                "EVENTLINE_ORDERS_SIGNING_KEY".into(),
-                token::encode_key(&saga.to_bytes()),
-            ),
             ("EVENTLINE_SAGA_TIMEOUT_MS".into(), "5000".into()),
             ("RUST_LOG".into(), "info,lapin=off".into()),
-        ],
+        ]
+        .into_iter()
+        .chain(keys.signing_env())
+        .collect(),
         &log_dir,
     );
     let system = System {

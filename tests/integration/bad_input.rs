@@ -162,9 +162,40 @@ impl Message {
         self
     }
 
+    /// An `eventline.reply` to step `step` of `order`, as a callee would send it, signed (if
+    /// at all) by `key` claiming to be `signer`.
+    fn reply_to_step(
+        mut self,
+        order: OrderId,
+        step: &str,
+        signer: Option<(&ed25519_dalek::SigningKey, Service)>,
+    ) -> Self {
+        self.metadata.correlation_id = CorrelationId::from_uuid(order.as_uuid());
+        self.metadata.causation_id =
+            eventline_workers::services::orders::step_id(order, step).into();
+        if let Some((key, signer)) = signer {
+            let credential = token::reply_credential(
+                key,
+                signer,
+                &self.metadata.message_id.to_string(),
+                &self.metadata.causation_id.to_string(),
+                &self.body,
+            );
+            self.credential = Some(text(&credential));
+        }
+        self
+    }
+
     /// A saga step as orders would send it: with orders' credential.
     fn signed_by_orders(self, system: &TestSystem) -> Self {
-        let key = system.config.saga.signing.clone().expect("test keys").0;
+        let key = system
+            .config
+            .saga
+            .orders
+            .signing
+            .clone()
+            .expect("test keys")
+            .0;
         self.signed(&key)
     }
 
@@ -2014,6 +2045,43 @@ fn build_cases(
         Outcome::poison("forbidden"),
         "the timeout is a message orders sends itself",
     );
+    // Replies to saga steps from anyone but the step's callee: refused before their id is
+    // claimed, dead-lettered, and the order untouched.
+    let catalog_key = system.signing_key(Service::Catalog);
+    let paid = serde_json::to_value(Reply::Accepted {
+        stream_id: eventline_events::payments::payment_stream(taken.order_id),
+        events: Vec::new(),
+        result: None,
+    })
+    .expect("a reply is JSON");
+    // Each case its own order: the order is the reply's conversation (its correlation id).
+    for (name, sent, order, signer) in [
+        (
+            "forged_reply_to_charge",
+            "`eventline.reply` accepted for a confirmed order's charge step, no credential",
+            taken.order_id,
+            None,
+        ),
+        (
+            "forged_reply_other_service_key",
+            "`eventline.reply` accepted for an order's charge step, signed with catalog's key",
+            OrderId::new(),
+            Some((&catalog_key, Service::Catalog)),
+        ),
+    ] {
+        let m = c
+            .json(eventline_events::reply::REPLY_TYPE, paid.clone())
+            .reply_to_step(order, "charge", signer);
+        c.add(
+            name,
+            Orders,
+            sent,
+            m,
+            same,
+            Outcome::poison("forbidden"),
+            "a reply to a step is its callee's word: payments signs its replies to the charge with its own key",
+        );
+    }
     // Token roles as the contract states them.
     let m = c
         .json(

@@ -501,7 +501,7 @@ async fn the_worker_login_prunes_only_through_the_window_function() {
 }
 
 #[tokio::test]
-async fn a_query_while_the_database_does_not_answer_is_told_it_is_unavailable() {
+async fn a_query_while_the_database_does_not_answer_is_told_it_is_unavailable_within_a_second() {
     // A "database" that accepts connections and never says a word: the worst case, since no
     // error ever arrives; only the acquire timeout ends the wait.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -513,15 +513,17 @@ async fn a_query_while_the_database_does_not_answer_is_told_it_is_unavailable() 
         }
     });
     let mut system = TestSystem::start().await;
+    // The deployed default, so the bound below is the one a client meets.
+    let acquire = eventline_workers::runtime::config::DEFAULT_DB_ACQUIRE_TIMEOUT;
     let config = Config {
         replica: "catalog-no-db".into(),
         database_url: system.config.database_url.with_address(address),
-        db_acquire_timeout: Duration::from_millis(500),
+        db_acquire_timeout: acquire,
         ..system.config.clone()
     };
     system.start_service_with(Service::Catalog, config);
     system.wait_for_consumers(Service::Catalog, 1).await;
-    // Well inside the pool's old 15 s, even with the in-process retries.
+    let asked = std::time::Instant::now();
     let reply = system
         .client
         .request(
@@ -530,11 +532,18 @@ async fn a_query_while_the_database_does_not_answer_is_told_it_is_unavailable() 
         )
         .await
         .expect("an answer, not silence");
+    let waited = asked.elapsed();
     let Reply::Rejected { reason } = &reply else {
         panic!("answered from a database that is not there: {reply:?}")
     };
     assert_eq!(reason.code, "unavailable");
     assert!(reason.message.contains("read model"), "{}", reason.message);
+    // One acquire timeout and the round trip, not one timeout per in-process attempt.
+    assert!(
+        waited < acquire + Duration::from_millis(700),
+        "the unavailable reply took {waited:?}; a query should wait at most one acquire \
+         timeout ({acquire:?})"
+    );
     silent.abort();
     system.stop().await;
 }

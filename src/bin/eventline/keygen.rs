@@ -1,5 +1,5 @@
-//! `eventline keygen`: fresh Ed25519 key pairs (auth's, for session tokens; orders', for the
-//! saga's step credentials) and fresh passwords for the per-service broker users, printed as
+//! `eventline keygen`: fresh Ed25519 key pairs (auth's, for session tokens; orders', catalog's
+//! and payments', for the saga's service credentials) and fresh passwords for the per-service broker users, printed as
 //! environment variables (or one JSON object with `--json`).
 //!
 //! It must never write the secrets anywhere but stdout: where they are kept is the
@@ -7,12 +7,13 @@
 
 use eventline::broker_users;
 use eventline_events::topology::BrokerUser;
+use eventline_workers::runtime::config::SagaKeys;
 use eventline_workers::runtime::token;
 
 use crate::{Exit, Globals};
 
 pub fn run(globals: Globals) -> anyhow::Result<Exit> {
-    let (auth, orders) = (token::generate_signing_key(), token::generate_signing_key());
+    let auth = token::generate_signing_key();
     let mut vars = vec![
         (
             "EVENTLINE_AUTH_SIGNING_KEY".to_owned(),
@@ -22,16 +23,17 @@ pub fn run(globals: Globals) -> anyhow::Result<Exit> {
             "EVENTLINE_AUTH_PUBLIC_KEY".to_owned(),
             token::encode_key(&auth.verifying_key().to_bytes()),
         ),
-        // Orders signs the saga's steps with it; catalog and payments verify them.
-        (
-            "EVENTLINE_ORDERS_SIGNING_KEY".to_owned(),
-            token::encode_key(&orders.to_bytes()),
-        ),
-        (
-            "EVENTLINE_ORDERS_PUBLIC_KEY".to_owned(),
-            token::encode_key(&orders.verifying_key().to_bytes()),
-        ),
     ];
+    // Orders signs the saga's steps, catalog and payments their replies; each gets only its
+    // own signing key, every saga service all three public keys.
+    for (_, signing, public) in SagaKeys::SIGNERS {
+        let key = token::generate_signing_key();
+        vars.push((signing.to_owned(), token::encode_key(&key.to_bytes())));
+        vars.push((
+            public.to_owned(),
+            token::encode_key(&key.verifying_key().to_bytes()),
+        ));
+    }
     for user in BrokerUser::ALL {
         vars.push((
             broker_users::password_var(user),

@@ -6,6 +6,7 @@
 use anyhow::bail;
 use eventline_events::Service;
 use eventline_workers::runtime::Shutdown;
+use eventline_workers::runtime::config::SagaKeys;
 use eventline_workers::services;
 
 use crate::database::wait_for_database;
@@ -30,20 +31,25 @@ pub async fn run(Args { service }: Args, globals: Globals) -> anyhow::Result<Exi
             "EVENTLINE_AUTH_PUBLIC_KEY is not set: commands that need a session token will be refused"
         );
     }
-    if matches!(
-        service,
-        Service::Catalog | Service::Orders | Service::Payments
-    ) && config.saga.verifying.is_none()
-    {
-        tracing::warn!(
-            "EVENTLINE_ORDERS_PUBLIC_KEY is not set: saga steps (reservations, payments, timeouts) will be refused"
-        );
-    }
-    if service == Service::Orders && config.saga.signing.is_none() {
-        bail!(
-            "the orders worker needs EVENTLINE_ORDERS_SIGNING_KEY to sign the saga's steps; \
-             generate keys with `eventline keygen`"
-        );
+    // Every saga service verifies the others' credentials and signs its own messages: orders
+    // its steps, catalog and payments their replies (which orders refuses unsigned).
+    if config.saga.of(service).is_some() {
+        for (other, signing, public) in SagaKeys::SIGNERS {
+            let Some(keys) = config.saga.of(other) else {
+                continue;
+            };
+            if other == service && keys.signing.is_none() {
+                bail!(
+                    "the {service} worker needs {signing} to sign its saga messages; \
+                     generate keys with `eventline keygen`"
+                );
+            }
+            if other != service && keys.verifying.is_none() {
+                tracing::warn!(
+                    "{public} is not set: saga messages from {other} will be refused as forbidden"
+                );
+            }
+        }
     }
     let shutdown = Shutdown::on_signals();
     let store = wait_for_database(&config).await?;

@@ -95,8 +95,6 @@ impl TestSystem {
             .expect("connect to the test database");
         store.migrate().await.expect("migrate the test database");
         let signing = token::generate_signing_key();
-        // Orders' key for service credentials: its workers sign the saga's steps with it.
-        let orders_key = token::generate_signing_key();
         let config = Config {
             amqp_url: services.amqp_url.clone(),
             database_url,
@@ -105,7 +103,8 @@ impl TestSystem {
             prefetch: 16,
             max_db_connections: 8,
             auth: AuthKeys::from_signing(signing.clone()),
-            saga: SagaKeys::from_signing(orders_key.clone()),
+            // Orders signs the saga's steps, catalog and payments their replies.
+            saga: SagaKeys::generate(),
             saga_timeout: Duration::from_secs(3),
             payments: PaymentSettings {
                 slow_delay: Duration::from_secs(6),
@@ -133,7 +132,7 @@ impl TestSystem {
             .with_token(mint(&signing, Role::Admin, Duration::from_secs(3600)))
             // The operator's client: it may also send a single saga step (tests of the
             // catalog's reservation rules do). Clients from `client_with_token` may not.
-            .with_saga_key(orders_key);
+            .with_saga_key(config.saga.orders.signing.clone().expect("test keys").0);
         Self {
             namespace,
             topology,
@@ -236,17 +235,16 @@ impl TestSystem {
         }
     }
 
+    /// `service`'s own signing key for saga traffic (orders', catalog's or payments').
+    pub fn signing_key(&self, service: Service) -> ed25519_dalek::SigningKey {
+        let keys = self.config.saga.of(service).expect("a saga service");
+        keys.signing.clone().expect("test keys").0
+    }
+
     /// A client with its own connection that signs what it sends with orders' key, as the
     /// saga does: for tests that drive catalog's or payments' steps directly.
     pub async fn saga_client(&self) -> Client {
-        let key = self
-            .config
-            .saga
-            .signing
-            .as_ref()
-            .expect("test keys")
-            .0
-            .clone();
+        let key = self.signing_key(Service::Orders);
         self.client_with_token(None).await.with_saga_key(key)
     }
 
@@ -294,7 +292,7 @@ impl TestSystem {
         self.processes.get_or_insert_with(|| {
             Supervisor::new(
                 env!("CARGO_BIN_EXE_eventline"),
-                vec![
+                [
                     ("AMQP_URL".into(), config.amqp_url.expose().to_owned()),
                     (
                         "DATABASE_URL".into(),
@@ -318,20 +316,11 @@ impl TestSystem {
                                 .to_bytes(),
                         ),
                     ),
-                    (
-                        "EVENTLINE_ORDERS_SIGNING_KEY".into(),
-                        token::encode_key(
-                            &config
-                                .saga
-                                .signing
-                                .as_ref()
-                                .expect("test keys")
-                                .0
-                                .to_bytes(),
-                        ),
-                    ),
                     ("RUST_LOG".into(), "info".into()),
-                ],
+                ]
+                .into_iter()
+                .chain(config.saga.signing_env())
+                .collect(),
                 std::env::temp_dir().join(format!("eventline-{}", config.namespace)),
             )
         })

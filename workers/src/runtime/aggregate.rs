@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use eventline_events::reply::ReplyEvent;
 use eventline_events::values::StreamId;
-use eventline_events::{Contract, EventId, Rejection, Reply, Service};
+use eventline_events::{Contract, EventId, Metadata, Rejection, Reply, Service};
 
 use std::collections::HashMap;
 
@@ -56,6 +56,12 @@ pub trait Aggregate: State {
     /// Whether only the order saga may send `command` (see [`Handler::only_from_saga`]).
     fn only_from_saga(_command: &Self::Command) -> bool {
         false
+    }
+
+    /// Which service must have signed `command`, a reply to a saga step (see
+    /// [`Handler::answered_by`]).
+    fn answered_by(_command: &Self::Command, _metadata: &Metadata) -> Option<Service> {
+        None
     }
 }
 
@@ -143,6 +149,10 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
 
     fn only_from_saga(&self, command: &A::Command) -> bool {
         A::only_from_saga(command)
+    }
+
+    fn answered_by(&self, command: &A::Command, metadata: &Metadata) -> Option<Service> {
+        A::answered_by(command, metadata)
     }
 
     fn stream_hint(&self, command: &A::Command, ctx: &Context<'_>) -> Option<StreamId> {

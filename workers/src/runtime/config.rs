@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use eventline_events::Namespace;
+use eventline_events::{Namespace, Service};
 
 /// A connection URL that may hold a password. `Display` and `Debug` show it with the password
 /// replaced by `***`; only [`SecretUrl::expose`] gives the real string, for the driver.
@@ -197,7 +197,7 @@ pub struct Config {
     /// Database connections per process.
     pub max_db_connections: u32,
     pub auth: AuthKeys,
-    /// The orders service's key pair for service credentials on saga steps.
+    /// The saga's services' key pairs for service credentials on steps and their replies.
     pub saga: SagaKeys,
     /// How long the order saga waits for catalog and payments before cancelling an order.
     pub saga_timeout: Duration,
@@ -277,23 +277,111 @@ impl AuthKeys {
     }
 }
 
-/// The orders service's keys for service credentials (see [`super::token`]): orders signs the
-/// saga steps it dispatches; catalog, payments and orders verify them with the public key.
-/// Only orders' workers should hold the signing key: a service that holds it could drive the
-/// saga's steps itself.
+/// One service's key pair for service credentials (see [`super::token`]).
 #[derive(Clone, Debug, Default)]
-pub struct SagaKeys {
+pub struct ServiceKeys {
     pub verifying: Option<ed25519_dalek::VerifyingKey>,
     pub signing: Option<SigningKey>,
 }
 
-impl SagaKeys {
+impl ServiceKeys {
     /// Keys for a signing key: the public half is derived from it.
     pub fn from_signing(key: ed25519_dalek::SigningKey) -> Self {
         Self {
             verifying: Some(key.verifying_key()),
             signing: Some(SigningKey(key)),
         }
+    }
+}
+
+/// The key pairs of the services that take part in the order saga, for service credentials
+/// (see [`super::token`]): orders signs the steps it sends, catalog and payments verify them;
+/// catalog and payments sign their replies to those steps, orders verifies each with the key
+/// of the step's callee. Every process gets every public key; a worker keeps only its own
+/// service's signing key ([`SagaKeys::keep_signing_key_of`]): a service holding another's
+/// could speak for it.
+#[derive(Clone, Debug, Default)]
+pub struct SagaKeys {
+    pub orders: ServiceKeys,
+    pub catalog: ServiceKeys,
+    pub payments: ServiceKeys,
+}
+
+impl SagaKeys {
+    /// The services that sign saga traffic, each with the environment variables of its
+    /// signing key and its public key.
+    pub const SIGNERS: [(Service, &'static str, &'static str); 3] = [
+        (
+            Service::Orders,
+            "EVENTLINE_ORDERS_SIGNING_KEY",
+            "EVENTLINE_ORDERS_PUBLIC_KEY",
+        ),
+        (
+            Service::Catalog,
+            "EVENTLINE_CATALOG_SIGNING_KEY",
+            "EVENTLINE_CATALOG_PUBLIC_KEY",
+        ),
+        (
+            Service::Payments,
+            "EVENTLINE_PAYMENTS_SIGNING_KEY",
+            "EVENTLINE_PAYMENTS_PUBLIC_KEY",
+        ),
+    ];
+
+    /// Fresh key pairs for all three (tests, the demo, chaos and bench runs).
+    pub fn generate() -> Self {
+        let new = || ServiceKeys::from_signing(super::token::generate_signing_key());
+        Self {
+            orders: new(),
+            catalog: new(),
+            payments: new(),
+        }
+    }
+
+    /// `service`'s keys; `None` for a service that takes no part in the saga (auth).
+    pub fn of(&self, service: Service) -> Option<&ServiceKeys> {
+        match service {
+            Service::Orders => Some(&self.orders),
+            Service::Catalog => Some(&self.catalog),
+            Service::Payments => Some(&self.payments),
+            Service::Auth => None,
+        }
+    }
+
+    fn of_mut(&mut self, service: Service) -> Option<&mut ServiceKeys> {
+        match service {
+            Service::Orders => Some(&mut self.orders),
+            Service::Catalog => Some(&mut self.catalog),
+            Service::Payments => Some(&mut self.payments),
+            Service::Auth => None,
+        }
+    }
+
+    /// Forgets every signing key but `service`'s own (one env file for all, as in a dev
+    /// setup, must not let catalog sign as payments).
+    pub fn keep_signing_key_of(&mut self, service: Service) {
+        for (other, _, _) in Self::SIGNERS {
+            if other != service
+                && let Some(keys) = self.of_mut(other)
+            {
+                keys.signing = None;
+            }
+        }
+    }
+
+    /// The `EVENTLINE_{SERVICE}_SIGNING_KEY` variables for the signing keys held, for a
+    /// child process (the public keys follow from them).
+    pub fn signing_env(&self) -> Vec<(String, String)> {
+        Self::SIGNERS
+            .iter()
+            .filter_map(|(service, signing, _)| {
+                let key = self.of(*service)?.signing.as_ref()?;
+                Some((
+                    (*signing).to_owned(),
+                    super::token::encode_key(&key.0.to_bytes()),
+                ))
+            })
+            .collect()
     }
 }
 
@@ -398,17 +486,22 @@ impl Config {
                 },
             )?);
         }
-        let mut saga = match key("EVENTLINE_ORDERS_SIGNING_KEY")? {
-            Some(seed) => SagaKeys::from_signing(ed25519_dalek::SigningKey::from_bytes(&seed)),
-            None => SagaKeys::default(),
-        };
-        if let Some(public) = key("EVENTLINE_ORDERS_PUBLIC_KEY")? {
-            saga.verifying = Some(ed25519_dalek::VerifyingKey::from_bytes(&public).map_err(
-                |_| ConfigError::Invalid {
-                    name: "EVENTLINE_ORDERS_PUBLIC_KEY",
-                    reason: "not a valid Ed25519 public key".to_owned(),
-                },
-            )?);
+        let mut saga = SagaKeys::default();
+        for (service, signing, public) in SagaKeys::SIGNERS {
+            let Some(keys) = saga.of_mut(service) else {
+                continue;
+            };
+            if let Some(seed) = key(signing)? {
+                *keys = ServiceKeys::from_signing(ed25519_dalek::SigningKey::from_bytes(&seed));
+            }
+            if let Some(bytes) = key(public)? {
+                keys.verifying = Some(ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(
+                    |_| ConfigError::Invalid {
+                        name: public,
+                        reason: "not a valid Ed25519 public key".to_owned(),
+                    },
+                )?);
+            }
         }
         let millis = |name: &'static str, default: u32| -> Result<Duration, ConfigError> {
             Ok(Duration::from_millis(u64::from(number(

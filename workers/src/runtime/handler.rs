@@ -102,11 +102,12 @@ impl Dispatch {
     }
 
     /// The same message with the orders service's credential, when this process holds the
-    /// signing key (only orders' workers should); unchanged otherwise. The signature covers
+    /// signing key (only orders' workers do: see [`SagaKeys::keep_signing_key_of`]);
+    /// unchanged otherwise. The signature covers
     /// the id, type and [`Dispatch::body_bytes`], so the message cannot be altered in flight
     /// or its credential reused for another.
     pub fn signed(mut self, keys: &SagaKeys) -> Self {
-        if let Some(key) = &keys.signing {
+        if let Some(key) = &keys.orders.signing {
             self.credential = Some(super::token::service_credential(
                 &key.0,
                 &self.message_id.to_string(),
@@ -168,6 +169,14 @@ pub trait Handler: Send + Sync + 'static {
     /// Commands that clients send answer false; their tokens are checked by `decide`.
     fn only_from_saga(&self, _command: &Self::Command) -> bool {
         false
+    }
+
+    /// Which service alone may have sent `command`, when it is a reply to a saga step (the
+    /// step's callee). The worker then checks the reply's credential with that service's
+    /// key, one signature check, before claiming its id, and dead-letters it as `forbidden`
+    /// without a valid one. `None` for everything else.
+    fn answered_by(&self, _command: &Self::Command, _metadata: &Metadata) -> Option<Service> {
+        None
     }
 
     /// The stream `command` will append to, if known before handling. A batch handles its

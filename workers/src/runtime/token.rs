@@ -14,6 +14,14 @@
 //! body fails the signature, and the same message again is a duplicate the inbox absorbs.
 //! It carries no expiry on purpose: a step may wait in a delay, retry or dead-letter queue
 //! for as long as an operator takes to re-drive it, and must still be accepted then.
+//!
+//! Reply credentials ([`reply_credential`], [`check_reply_credential`]) are the same in the
+//! other direction: catalog and payments sign each reply to a step with their own key
+//! (`EVENTLINE_CATALOG_SIGNING_KEY`, `EVENTLINE_PAYMENTS_SIGNING_KEY`) over the reply's id,
+//! type, causation id (the step it answers, which names the order) and body, and orders takes
+//! a reply to a step only with the signature of that step's callee. A signature also covers
+//! the signer's name, so one service's key never speaks for another, and a reply's causation
+//! id, so a genuine reply cannot be re-pointed at another step or order.
 //! This module never logs a key or a token, and never needs a network call to decide.
 
 use base64::Engine;
@@ -22,6 +30,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use eventline_events::IncomingMessage;
 use eventline_events::auth::{Claims, Role, SERVICE_CREDENTIAL_HEADER, UserId};
 use eventline_events::envelope::HeaderValue;
+use eventline_events::reply::REPLY_TYPE;
+use eventline_events::{OutgoingMessage, Service};
 
 const HEADER: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
 
@@ -128,10 +138,10 @@ pub fn verify(token: &str, key: &VerifyingKey, now: i64) -> Result<Principal, To
     })
 }
 
-/// Why a message that only the order saga may send was refused. Every variant's code is
-/// `forbidden`; the message is dead-lettered (with this reason) before its id is claimed in
-/// the inbox, so a forged step sent first under a saga step's (predictable) id cannot take
-/// that id from the real step.
+/// Why a message that only the order saga may send was refused, or a reply to one of its
+/// steps that its callee did not sign. Every variant's code is `forbidden`; the message is
+/// dead-lettered (with this reason) before its id is claimed in the inbox, so a forged step
+/// sent first under a saga step's (predictable) id cannot take that id from the real step.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {
     #[error(
@@ -146,6 +156,18 @@ pub enum CredentialError {
         "this worker cannot check service credentials: EVENTLINE_ORDERS_PUBLIC_KEY is not set (generate keys with `eventline keygen`), so it refuses {0}"
     )]
     NoKey(String),
+    #[error(
+        "this eventline.reply answers a step of the order saga that only {0} may answer, with its service credential (header x-eventline-service-credential), and it has none"
+    )]
+    ReplyMissing(Service),
+    #[error(
+        "this eventline.reply answers a step of the order saga that only {0} may answer, and its service credential does not verify with the public key of {0} for this reply (forged, copied from another message, or signed by another service's key)"
+    )]
+    ReplyInvalid(Service),
+    #[error(
+        "this worker cannot check {0}'s replies: EVENTLINE_{upper}_PUBLIC_KEY is not set (generate keys with `eventline keygen`), so it refuses them", upper = .0.name().to_uppercase()
+    )]
+    ReplyNoKey(Service),
 }
 
 impl CredentialError {
@@ -154,17 +176,32 @@ impl CredentialError {
     }
 }
 
-/// What a service credential signs: a domain tag (so the signature can mean nothing else,
-/// such as a session token), the message id, the type and the exact body bytes.
-fn credential_input(message_id: &str, message_type: &str, body: &[u8]) -> Vec<u8> {
-    const TAG: &[u8] = b"eventline service credential v1: orders\n";
-    let mut input =
-        Vec::with_capacity(TAG.len() + message_id.len() + message_type.len() + body.len() + 2);
-    input.extend_from_slice(TAG);
+/// What a service credential signs: a domain tag naming the signer and what it signs (so the
+/// signature can mean nothing else, such as a session token, or another service's word), the
+/// message id, the type, for a reply the causation id, and the exact body bytes. Orders'
+/// steps keep the tag they had before replies were signed, so stored steps stay valid.
+fn credential_input(
+    signer: Service,
+    message_id: &str,
+    message_type: &str,
+    causation_id: Option<&str>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut input = Vec::with_capacity(64 + message_id.len() + message_type.len() + body.len());
+    input.extend_from_slice(b"eventline service credential v1: ");
+    input.extend_from_slice(signer.name().as_bytes());
+    if causation_id.is_some() {
+        input.extend_from_slice(b" reply");
+    }
+    input.push(b'\n');
     input.extend_from_slice(message_id.as_bytes());
     input.push(b'\n');
     input.extend_from_slice(message_type.as_bytes());
     input.push(b'\n');
+    if let Some(causation_id) = causation_id {
+        input.extend_from_slice(causation_id.as_bytes());
+        input.push(b'\n');
+    }
     input.extend_from_slice(body);
     input
 }
@@ -177,8 +214,50 @@ pub fn service_credential(
     message_type: &str,
     body: &[u8],
 ) -> String {
-    let signature = key.sign(&credential_input(message_id, message_type, body));
-    URL_SAFE_NO_PAD.encode(signature.to_bytes())
+    let input = credential_input(Service::Orders, message_id, message_type, None, body);
+    URL_SAFE_NO_PAD.encode(key.sign(&input).to_bytes())
+}
+
+/// The credential `signer` (catalog or payments) puts on its reply to a saga step: the
+/// signature over the reply's id, type ([`REPLY_TYPE`]), causation id and body.
+pub fn reply_credential(
+    key: &SigningKey,
+    signer: Service,
+    message_id: &str,
+    causation_id: &str,
+    body: &[u8],
+) -> String {
+    let input = credential_input(signer, message_id, REPLY_TYPE, Some(causation_id), body);
+    URL_SAFE_NO_PAD.encode(key.sign(&input).to_bytes())
+}
+
+/// Puts `signer`'s [`reply_credential`] on `reply` (already addressed: its ids are final).
+pub fn sign_reply(reply: &mut OutgoingMessage, key: &SigningKey, signer: Service) {
+    let credential = reply_credential(
+        key,
+        signer,
+        &reply.metadata.message_id.to_string(),
+        &reply.metadata.causation_id.to_string(),
+        &reply.body,
+    );
+    reply
+        .extra_headers
+        .push((SERVICE_CREDENTIAL_HEADER, HeaderValue::Text(credential)));
+}
+
+/// The message's credential header as signature bytes: `Ok(None)` when there is none.
+fn credential_of(message: &IncomingMessage) -> Result<Option<Signature>, ()> {
+    let credential = match message.headers.get(SERVICE_CREDENTIAL_HEADER) {
+        Some(HeaderValue::Text(credential)) => credential,
+        Some(_) => return Err(()),
+        None => return Ok(None),
+    };
+    let bytes: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(credential.trim_end_matches('='))
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or(())?;
+    Ok(Some(Signature::from_bytes(&bytes)))
 }
 
 /// Checks that orders signed this very message. One signature check, done once per message
@@ -188,24 +267,47 @@ pub fn check_service_credential(
     key: Option<&VerifyingKey>,
 ) -> Result<(), CredentialError> {
     let message_type = message.message_type.clone().unwrap_or_default();
-    let credential = match message.headers.get(SERVICE_CREDENTIAL_HEADER) {
-        Some(HeaderValue::Text(credential)) => credential,
-        Some(_) => return Err(CredentialError::Invalid(message_type)),
-        None => return Err(CredentialError::Missing(message_type)),
+    let signature = match credential_of(message) {
+        Ok(Some(signature)) => signature,
+        Ok(None) => return Err(CredentialError::Missing(message_type)),
+        Err(()) => return Err(CredentialError::Invalid(message_type)),
     };
     let key = key.ok_or_else(|| CredentialError::NoKey(message_type.clone()))?;
-    let signature: [u8; 64] = URL_SAFE_NO_PAD
-        .decode(credential.trim_end_matches('='))
-        .ok()
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| CredentialError::Invalid(message_type.clone()))?;
     let input = credential_input(
+        Service::Orders,
         message.message_id.as_deref().unwrap_or_default(),
         &message_type,
+        None,
         &message.body,
     );
-    key.verify(&input, &Signature::from_bytes(&signature))
+    key.verify(&input, &signature)
         .map_err(|_| CredentialError::Invalid(message_type))
+}
+
+/// Checks that `callee` signed this very reply (its id, type, causation id and body). One
+/// signature check, done once per reply and only for replies to saga steps (the worker asks
+/// [`super::Handler::answered_by`]).
+pub fn check_reply_credential(
+    message: &IncomingMessage,
+    causation_id: &str,
+    callee: Service,
+    key: Option<&VerifyingKey>,
+) -> Result<(), CredentialError> {
+    let signature = match credential_of(message) {
+        Ok(Some(signature)) => signature,
+        Ok(None) => return Err(CredentialError::ReplyMissing(callee)),
+        Err(()) => return Err(CredentialError::ReplyInvalid(callee)),
+    };
+    let key = key.ok_or(CredentialError::ReplyNoKey(callee))?;
+    let input = credential_input(
+        callee,
+        message.message_id.as_deref().unwrap_or_default(),
+        message.message_type.as_deref().unwrap_or_default(),
+        Some(causation_id),
+        &message.body,
+    );
+    key.verify(&input, &signature)
+        .map_err(|_| CredentialError::ReplyInvalid(callee))
 }
 
 /// A fresh Ed25519 key pair from the operating system's randomness.
@@ -240,7 +342,7 @@ mod tests {
         }
     }
 
-    fn step(
+    fn step_message(
         id: &str,
         message_type: &str,
         body: &str,
@@ -273,7 +375,7 @@ mod tests {
         let credential = service_credential(&orders, id, kind, body.as_bytes());
         assert_eq!(
             check_service_credential(
-                &step(id, kind, body, Some(credential.clone())),
+                &step_message(id, kind, body, Some(credential.clone())),
                 Some(&public)
             ),
             Ok(())
@@ -281,14 +383,14 @@ mod tests {
         // The same credential on another id, another type or another body is refused.
         let other_id = "0193a5c2-7e41-7b3a-9c1d-4f2e8a6b0c12";
         for forged in [
-            step(other_id, kind, body, Some(credential.clone())),
-            step(
+            step_message(other_id, kind, body, Some(credential.clone())),
+            step_message(
                 id,
                 "payments.charge_payment",
                 body,
                 Some(credential.clone()),
             ),
-            step(id, kind, r#"{"order_id":"y"}"#, Some(credential.clone())),
+            step_message(id, kind, r#"{"order_id":"y"}"#, Some(credential.clone())),
         ] {
             assert!(matches!(
                 check_service_credential(&forged, Some(&public)),
@@ -298,28 +400,91 @@ mod tests {
         // Signed by another key (a client's own), garbage, or absent.
         let foreign = service_credential(&generate_signing_key(), id, kind, body.as_bytes());
         assert!(matches!(
-            check_service_credential(&step(id, kind, body, Some(foreign)), Some(&public)),
+            check_service_credential(&step_message(id, kind, body, Some(foreign)), Some(&public)),
             Err(CredentialError::Invalid(_))
         ));
         assert!(matches!(
-            check_service_credential(&step(id, kind, body, Some("AAAA".into())), Some(&public)),
+            check_service_credential(
+                &step_message(id, kind, body, Some("AAAA".into())),
+                Some(&public)
+            ),
             Err(CredentialError::Invalid(_))
         ));
         assert!(matches!(
-            check_service_credential(&step(id, kind, body, None), Some(&public)),
+            check_service_credential(&step_message(id, kind, body, None), Some(&public)),
             Err(CredentialError::Missing(_))
         ));
         assert!(matches!(
-            check_service_credential(&step(id, kind, body, Some(credential)), None),
+            check_service_credential(&step_message(id, kind, body, Some(credential)), None),
             Err(CredentialError::NoKey(_))
         ));
         // A session token's signature is no credential, even from the same key.
         let token = mint(&orders, Role::Admin, 60);
         let signature = token.rsplit('.').next().unwrap().to_owned();
         assert!(matches!(
-            check_service_credential(&step(id, kind, body, Some(signature)), Some(&public)),
+            check_service_credential(
+                &step_message(id, kind, body, Some(signature)),
+                Some(&public)
+            ),
             Err(CredentialError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_reply_credential_speaks_only_for_its_service_and_the_step_it_answers() {
+        let (payments, catalog) = (generate_signing_key(), generate_signing_key());
+        let public = payments.verifying_key();
+        let (id, step, body) = (
+            "0193a5c2-7e41-7b3a-9c1d-4f2e8a6b0c21",
+            "0193a5c2-7e41-7b3a-9c1d-4f2e8a6b0c22",
+            r#"{"outcome":"accepted"}"#,
+        );
+        let reply = |credential: Option<String>| step_message(id, REPLY_TYPE, body, credential);
+        let signed = reply_credential(&payments, Service::Payments, id, step, body.as_bytes());
+        let check = |message: &IncomingMessage, causation: &str| {
+            check_reply_credential(message, causation, Service::Payments, Some(&public))
+        };
+        assert_eq!(check(&reply(Some(signed.clone())), step), Ok(()));
+        // Re-pointed at another step, or another body: refused.
+        let other_step = "0193a5c2-7e41-7b3a-9c1d-4f2e8a6b0c23";
+        assert_eq!(
+            check(&reply(Some(signed.clone())), other_step),
+            Err(CredentialError::ReplyInvalid(Service::Payments))
+        );
+        let mut altered = reply(Some(signed.clone()));
+        altered.body = br#"{"outcome":"rejected"}"#.to_vec();
+        assert_eq!(
+            check(&altered, step),
+            Err(CredentialError::ReplyInvalid(Service::Payments))
+        );
+        // Catalog's key, signing as catalog or passing itself off as payments.
+        for signer in [Service::Catalog, Service::Payments] {
+            let foreign = reply_credential(&catalog, signer, id, step, body.as_bytes());
+            assert_eq!(
+                check(&reply(Some(foreign)), step),
+                Err(CredentialError::ReplyInvalid(Service::Payments))
+            );
+        }
+        // Payments' own key signing as catalog speaks for no one but catalog.
+        let as_catalog = reply_credential(&payments, Service::Catalog, id, step, body.as_bytes());
+        assert_eq!(
+            check(&reply(Some(as_catalog)), step),
+            Err(CredentialError::ReplyInvalid(Service::Payments))
+        );
+        // A step credential by the same key is no reply credential.
+        let step_credential = service_credential(&payments, id, REPLY_TYPE, body.as_bytes());
+        assert_eq!(
+            check(&reply(Some(step_credential)), step),
+            Err(CredentialError::ReplyInvalid(Service::Payments))
+        );
+        assert_eq!(
+            check(&reply(None), step),
+            Err(CredentialError::ReplyMissing(Service::Payments))
+        );
+        assert_eq!(
+            check_reply_credential(&reply(Some(signed)), step, Service::Payments, None),
+            Err(CredentialError::ReplyNoKey(Service::Payments))
+        );
     }
 
     #[test]

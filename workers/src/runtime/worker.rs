@@ -104,6 +104,9 @@ struct Received<C> {
     /// `None` when the message does not decode; `outcome` then says why.
     command: Option<(Metadata, C)>,
     principal: Result<Principal, TokenError>,
+    /// A saga step whose orders credential verified: only its reply is signed (a reply to
+    /// a step refused for a bad credential must not carry this service's word to orders).
+    verified_step: bool,
     span: Span,
     outcome: Option<Outcome>,
     /// When it was received: the handling latency runs from here to its settlement.
@@ -286,22 +289,22 @@ impl<H: Handler> CommandWorker<H> {
             message_type = message.message_type.as_deref().unwrap_or("?"),
             redelivered = delivery.redelivered,
         );
+        let mut verified_step = false;
         let (command, outcome) = match message.decode::<H::Command>() {
             // Checked before the inbox claim: a forged step must not take the real step's id.
-            Ok(decoded) if self.handler.only_from_saga(&decoded.1) => {
-                match token::check_service_credential(&message, self.config.saga.verifying.as_ref())
-                {
-                    Ok(()) => (Some(decoded), None),
-                    Err(e) => (
-                        None,
-                        Some(Outcome::Failed(Failure::Forbidden {
-                            code: e.code(),
-                            reason: e.to_string(),
-                        })),
-                    ),
+            Ok(decoded) => match self.authorize(&message, &decoded) {
+                Ok(step) => {
+                    verified_step = step;
+                    (Some(decoded), None)
                 }
-            }
-            Ok(decoded) => (Some(decoded), None),
+                Err(e) => (
+                    None,
+                    Some(Outcome::Failed(Failure::Forbidden {
+                        code: e.code(),
+                        reason: e.to_string(),
+                    })),
+                ),
+            },
             Err(error) => (
                 None,
                 Some(Outcome::Failed(Failure::Undecodable {
@@ -318,10 +321,36 @@ impl<H: Handler> CommandWorker<H> {
             metadata,
             command,
             principal,
+            verified_step,
             span,
             outcome,
             received_at: std::time::Instant::now(),
         }
+    }
+
+    /// Checks the service credential of a message only one service may send: a saga step
+    /// (orders' signature) or a reply to one (its callee's). One signature check at most;
+    /// every other message passes untouched (its token, if it needs one, is `decide`'s).
+    /// `Ok(true)` for a saga step whose credential verified.
+    fn authorize(
+        &self,
+        message: &IncomingMessage,
+        (metadata, command): &(Metadata, H::Command),
+    ) -> Result<bool, token::CredentialError> {
+        let keys = &self.config.saga;
+        if self.handler.only_from_saga(command) {
+            token::check_service_credential(message, keys.orders.verifying.as_ref())?;
+            return Ok(true);
+        }
+        if let Some(callee) = self.handler.answered_by(command, metadata) {
+            token::check_reply_credential(
+                message,
+                &metadata.causation_id.to_string(),
+                callee,
+                keys.of(callee).and_then(|k| k.verifying.as_ref()),
+            )?;
+        }
+        Ok(false)
     }
 
     /// The sender's identity, from the token header, checked with the public key.

@@ -31,11 +31,10 @@ fn answer(result: serde_json::Value) -> eventline_events::Reply {
 /// that safe (one applies each batch, the others skip it) and keeps them current when a
 /// replica dies.
 pub async fn run(service: Service, mut config: Config, store: EventStore, shutdown: Shutdown) {
-    // Only orders signs saga steps; any other service handed its key (one env file for all,
-    // as in a dev setup) forgets it, so it can never drive the saga itself.
-    if service != Service::Orders {
-        config.saga.signing = None;
-    }
+    // Each service signs only as itself: orders its steps, catalog and payments their replies.
+    // Handed the others' keys (one env file for all, as in a dev setup), it forgets them, so
+    // catalog can never drive the saga nor answer for payments.
+    config.saga.keep_signing_key_of(service);
     let mut tasks = tokio::task::JoinSet::new();
     // Every worker process offers to prune the inbox; one elected process does it.
     tasks.spawn(crate::runtime::inbox::Pruner::new(config.clone()).run(shutdown.clone()));

@@ -15,6 +15,7 @@ use crate::runtime::handler::{Destination, Dispatch, Handler};
 use crate::runtime::metrics::{self, Settled};
 use crate::runtime::redact::redact_secrets;
 use crate::runtime::settle::{Attempt, Failure, Happened, Settlement, settle};
+use crate::runtime::token;
 
 impl<H: Handler> CommandWorker<H> {
     /// Settles one delivery. Never leaves it unacked on a live channel: whatever cannot be
@@ -100,7 +101,7 @@ impl<H: Handler> CommandWorker<H> {
                 &route,
                 body,
                 &redact_secrets(body),
-                self.reply(session, item.metadata.as_ref(), &reply),
+                self.reply(session, item, &reply),
             )
             .await;
             match result {
@@ -194,9 +195,15 @@ impl<H: Handler> CommandWorker<H> {
         Ok(())
     }
 
-    /// Sends `reply` to the sender of `cause`, if it asked for one.
-    async fn reply(&self, session: &Session, cause: Option<&Metadata>, reply: &Reply) {
-        let Some(cause) = cause else { return };
+    /// Sends `reply` to the sender of `item`, if it asked for one. A reply to a saga step
+    /// whose orders credential verified is signed with this service's own key, when it holds
+    /// one: orders takes a step's reply only with its callee's signature. A step refused for
+    /// its credential gets an unsigned `forbidden`, so a forger who names a real step's id and
+    /// orders' reply queue cannot have catalog's signed refusal reject a real order.
+    async fn reply(&self, session: &Session, item: &Received<H::Command>, reply: &Reply) {
+        let Some(cause) = item.metadata.as_ref() else {
+            return;
+        };
         let Some(reply_to) = &cause.reply_to else {
             return;
         };
@@ -210,6 +217,16 @@ impl<H: Handler> CommandWorker<H> {
             )],
         };
         message.metadata.message_type = REPLY_TYPE.to_owned();
+        let key = self
+            .config
+            .saga
+            .of(H::SERVICE)
+            .and_then(|k| k.signing.as_ref());
+        if let Some(key) = key
+            && item.verified_step
+        {
+            token::sign_reply(&mut message, &key.0, H::SERVICE);
+        }
         // Replies are best effort: the outcome is already committed, and a client that missed
         // it re-sends the same message id and gets the stored reply.
         if let Err(error) =

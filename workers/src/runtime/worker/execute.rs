@@ -180,8 +180,16 @@ impl<H: Handler> CommandWorker<H> {
 
     /// Handles one message in transactions of its own, retrying conflicts at once and
     /// transient failures with a short backoff; permanent failures and panics end at once.
+    ///
+    /// A query is tried once: it changes nothing, so the client's own re-send is as good a
+    /// retry as ours, and a client waiting on a silent database hears `unavailable` after one
+    /// acquire timeout (about a second) instead of one per attempt.
     async fn handle(&self, ctx: &Context<'_>, command: &H::Command) -> Outcome {
         let policy = &self.config.retry;
+        let attempts = match H::INPUT {
+            Input::Queries => 1,
+            Input::Commands => policy.in_process_attempts,
+        };
         let mut backoff = Backoff::new(
             policy.in_process_backoff,
             std::time::Duration::from_secs(1).max(policy.in_process_backoff),
@@ -203,9 +211,7 @@ impl<H: Handler> CommandWorker<H> {
             };
             let failure = classify(&error);
             match failure {
-                Failure::Transient(_) | Failure::ConflictsExhausted(_)
-                    if attempt < policy.in_process_attempts =>
-                {
+                Failure::Transient(_) | Failure::ConflictsExhausted(_) if attempt < attempts => {
                     warn!(%error, attempt, "transient failure; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }

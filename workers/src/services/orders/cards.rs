@@ -10,7 +10,7 @@
 use eventline_events::orders::{OrdersCommand, OrdersEvent};
 use eventline_events::payments::CardToken;
 use eventline_events::values::{OrderId, StreamId};
-use eventline_events::{Contract, Reply, Service};
+use eventline_events::{Contract, Metadata, Reply, Service};
 
 use super::{Order, charge};
 use crate::runtime::store::{CommandTx, StoreError};
@@ -125,6 +125,11 @@ impl Handler for OrdersHandler {
     // The saga's own timer (`orders.expire_order`) must come from orders itself.
     fn only_from_saga(&self, command: &OrdersCommand) -> bool {
         self.saga.only_from_saga(command)
+    }
+
+    // Catalog's and payments' replies must come from catalog and payments.
+    fn answered_by(&self, command: &OrdersCommand, metadata: &Metadata) -> Option<Service> {
+        self.saga.answered_by(command, metadata)
     }
 
     async fn handle(

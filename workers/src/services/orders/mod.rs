@@ -28,7 +28,7 @@ use eventline_events::orders::{
 };
 use eventline_events::payments::{CardToken, ChargePayment, RefundPayment};
 use eventline_events::values::{Money, OrderId, ProductId, Quantity, StreamId};
-use eventline_events::{CorrelationId, MessageId, Reply, Service};
+use eventline_events::{CorrelationId, MessageId, Metadata, Reply, Service};
 
 use crate::runtime::token::TokenError;
 use crate::runtime::{Aggregate, Context, Dispatch, RejectionReason, State};
@@ -114,6 +114,9 @@ impl Order {
 pub fn step_id(order_id: OrderId, step: &str) -> MessageId {
     MessageId::from_uuid(uuid::Uuid::new_v5(&order_id.as_uuid(), step.as_bytes()))
 }
+
+/// The steps payments answers; catalog answers all the others that expect a reply.
+const PAYMENTS_STEPS: [&str; 2] = ["charge", "refund"];
 
 /// Which step a reply answers.
 enum Step {
@@ -245,6 +248,26 @@ impl Aggregate for Order {
     /// order in flight.
     fn only_from_saga(command: &OrdersCommand) -> bool {
         matches!(command, OrdersCommand::ExpireOrder(_))
+    }
+
+    /// A reply to the charge or the refund is payments' word; a reply to anything else
+    /// (reservations, releases, commits) must be catalog's. Decided from the reply's own ids
+    /// (the order is its correlation id, the step its causation id, the same two that
+    /// [`Order::stream_id`] and `step_of` read), so no state is needed before the check.
+    fn answered_by(command: &OrdersCommand, metadata: &Metadata) -> Option<Service> {
+        let OrdersCommand::StepReply(_) = command else {
+            return None;
+        };
+        let order_id = OrderId::from_uuid(metadata.correlation_id.as_uuid());
+        let cause = metadata.causation_id.as_uuid();
+        let payments = PAYMENTS_STEPS
+            .iter()
+            .any(|step| step_id(order_id, step).as_uuid() == cause);
+        Some(if payments {
+            Service::Payments
+        } else {
+            Service::Catalog
+        })
     }
 
     fn decide(
