@@ -21,7 +21,7 @@ use eventline::supervisor::Supervisor;
 use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand, ReserveStock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
-use eventline_events::{Namespace, Reply, Service, Topology};
+use eventline_events::{Namespace, OutgoingMessage, Reply, Service, Topology};
 use eventline_workers::runtime::Handler;
 use eventline_workers::runtime::config::{self, AuthKeys, PaymentSettings, RetryPolicy, SagaKeys};
 use eventline_workers::runtime::relay::{Relay, RelayProgress};
@@ -371,6 +371,29 @@ impl TestSystem {
         .fetch_all(self.store.pool())
         .await
         .unwrap()
+    }
+
+    /// Sends a prepared message and waits for its reply, panicking with its type if none
+    /// comes within [`PATIENCE`].
+    pub async fn request(&self, message: OutgoingMessage) -> Reply {
+        let what = message.metadata.message_type.clone();
+        self.client
+            .request_message(message, PATIENCE)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no reply: {e}"))
+    }
+
+    /// Waits until `sql` (a `count(*)`) counts `n`, naming `what` if it never does.
+    pub async fn wait_for_count(&self, what: &str, sql: &str, n: i64) {
+        eventually(what, || async {
+            let seen = self.count(sql).await;
+            if seen == n {
+                Ok(())
+            } else {
+                Err(format!("{seen}, not {n}: {sql}"))
+            }
+        })
+        .await
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
