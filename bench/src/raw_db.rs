@@ -76,7 +76,7 @@ const INSERT_ONE: &str = "INSERT INTO bench_raw_log \
      (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
      VALUES ($1, $2, $3, $4, 1, $5, $6)";
 
-// The runtime's append statement (workers/src/runtime/store.rs), on the scratch table.
+// The runtime's append statement (workers/src/runtime/store/tx.rs), on the scratch table.
 const APPEND: &str = "INSERT INTO bench_raw_log \
      (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
      SELECT $1, v, id, t, $5, d, $7 \
@@ -368,9 +368,9 @@ async fn command_transactions(
 }
 
 /// `connections` writers, each committing transactions of `COMMANDS_PER_BATCH` commands in
-/// the worker's batch statements (workers/src/runtime/store.rs): one inbox claim for all,
-/// one read of what each stream gained since the writer last saw it (the worker keeps stream
-/// states in memory), one append for all, one reply update for all. Each writer has streams
+/// the worker's batch statements (workers/src/runtime/store/claim.rs and tx.rs): one inbox
+/// claim for all, one read of what each stream gained since the writer last saw it (the
+/// worker keeps stream states in memory), one append for all, one reply update for all. Each writer has streams
 /// of its own, so there are no version conflicts: a ceiling, not a workload.
 async fn command_batches(
     pool: &PgPool,
