@@ -16,8 +16,8 @@ pub mod sabotage;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use eventline::Client;
 use eventline::supervisor::Supervisor;
+use eventline::{Client, DeadLetter};
 use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand, ReserveStock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
@@ -381,6 +381,29 @@ impl TestSystem {
             .request_message(message, PATIENCE)
             .await
             .unwrap_or_else(|e| panic!("{what}: no reply: {e}"))
+    }
+
+    /// Waits until `service`'s dead-letter queue holds `n` letters (it reads at most 10),
+    /// and returns them, naming `what` if it never does.
+    pub async fn wait_for_dead_letters(
+        &self,
+        what: &str,
+        service: Service,
+        n: usize,
+    ) -> Vec<DeadLetter> {
+        eventually(what, || async {
+            let letters = self
+                .client
+                .dead_letters(service, 10)
+                .await
+                .map_err(|e| e.to_string())?;
+            if letters.len() == n {
+                Ok(letters)
+            } else {
+                Err(format!("{} dead letters", letters.len()))
+            }
+        })
+        .await
     }
 
     /// Waits until `sql` (a `count(*)`) counts `n`, naming `what` if it never does.
