@@ -6,17 +6,30 @@
 //!
 //! The `eventline` binary (src/bin/eventline/, one file per subcommand) wraps this library
 //! and also starts workers, the relay and the demo, so one command runs any part of the
-//! system.
+//! system. The operator tooling it uses (demo, chaos, supervisor, status, trace…) is behind
+//! the default `operator` feature: with `default-features = false` this crate is the client
+//! alone, with no `anyhow` and nothing that prints.
 
-pub mod broker_users;
-pub mod chaos;
 pub mod client;
+
+// Operator tooling: prints, uses anyhow and reads the database. Off without `operator`.
+#[cfg(feature = "operator")]
+pub mod broker_users;
+#[cfg(feature = "operator")]
+pub mod chaos;
+#[cfg(feature = "operator")]
 pub mod demo;
+#[cfg(feature = "operator")]
 pub mod logging;
+#[cfg(feature = "operator")]
 pub mod projections;
+#[cfg(feature = "operator")]
 pub mod settled;
+#[cfg(feature = "operator")]
 pub mod status;
+#[cfg(feature = "operator")]
 pub mod supervisor;
+#[cfg(feature = "operator")]
 pub mod trace;
 
 pub use client::{

@@ -136,6 +136,21 @@ fn broker_names(text: &str) -> Vec<(usize, String)> {
     found
 }
 
+/// Lines of a client file that print, end the process or reach for `anyhow`: an application
+/// that embeds the client gets errors as values, never output or an exit.
+fn client_prints_or_uses_anyhow(text: &str) -> Vec<usize> {
+    const FORBIDDEN: &[&str] = &[
+        "anyhow",
+        "println!",
+        "eprintln!",
+        "print!(",
+        "eprint!(",
+        "dbg!(",
+        "process::exit",
+    ];
+    matching_lines(text, FORBIDDEN)
+}
+
 /// The I/O crates among the `[dependencies]` of a Cargo.toml.
 fn io_dependencies(cargo_toml: &str) -> Vec<String> {
     let mut in_dependencies = false;
@@ -385,6 +400,25 @@ fn every_source_file_opens_with_its_purpose() {
 // ---------------------------------------------------------------- the checkers, checked
 
 #[test]
+fn the_client_library_neither_prints_nor_uses_anyhow() {
+    let client: Vec<_> = rust_files("src/client");
+    assert!(
+        client.iter().any(|(path, _)| path == "src/client/mod.rs"),
+        "the tidy checks found no src/client/mod.rs: are they reading the right tree?"
+    );
+    let mut violations = Vec::new();
+    for (path, text) in client {
+        for line in client_prints_or_uses_anyhow(&text) {
+            violations.push(format!("{path}:{line}"));
+        }
+    }
+    report(
+        "the client (src/client/) prints, exits or uses anyhow (return a ClientError)",
+        violations,
+    );
+}
+
+#[test]
 fn each_checker_catches_a_deliberately_bad_snippet() {
     let bad = "//! A module.\nuse lapin::types::FieldTable;\nfn f() {\n    let t = FieldTable::default();\n    let p = lapin::BasicProperties::default().with_headers(t);\n}\n";
     assert_eq!(builds_amqp_properties(bad), vec![4, 5]);
@@ -407,6 +441,12 @@ fn each_checker_catches_a_deliberately_bad_snippet() {
 
     let bad = "[package]\nname = \"x\"\n\n[dependencies]\nserde = \"1\"\ntokio.workspace = true\nsqlx = { version = \"0.8\" }\n\n[dev-dependencies]\nlapin = \"4\"\n";
     assert_eq!(io_dependencies(bad), vec!["tokio", "sqlx"]);
+
+    let bad = "use anyhow::Context;\nfn f() {\n    println!(\"hi\");\n    eprint!(\"x\");\n}\n";
+    assert_eq!(client_prints_or_uses_anyhow(bad), vec![1, 3, 4]);
+    assert!(
+        client_prints_or_uses_anyhow("fn f() -> Result<(), ClientError> { Ok(()) }\n").is_empty()
+    );
 
     assert!(!opens_with_module_doc("use std::fmt;\n//! Too late.\n"));
     assert!(!opens_with_module_doc(

@@ -1,17 +1,20 @@
 //! The database alone: how many event rows and command transactions per second PostgreSQL
 //! commits when nothing else is in the way.
 //!
-//! Rows go to scratch copies of the real tables (`CREATE TABLE … (LIKE event_log INCLUDING
+//! Raw rows go to a scratch copy of the log (`CREATE TABLE … (LIKE event_log INCLUDING
 //! ALL)`: same columns, identity, constraints and indexes, including the correlation-id
-//! expression index), in the run's own database, and the copies are dropped afterwards, so the
-//! end-to-end log starts empty. Every commit is durable with the server's own settings,
-//! which the report records (`synchronous_commit`).
+//! expression index), in the run's own database, dropped afterwards, so the end-to-end log
+//! starts empty. The command transactions go through the store itself (`EventStore`,
+//! `CommandTx`) on a scratch database of their own, migrated like the real one and dropped
+//! afterwards: the worker's own statements, never a copy that drifts from them. Every commit
+//! is durable with the server's own settings, which the report records
+//! (`synchronous_commit`).
 //!
 //! Four shapes: single-row INSERT commits on 1 and 8 connections; the runtime's UNNEST append
 //! with 100 rows per commit on 1 and 8 connections; and the worker's command transaction —
 //! inbox claim, stream read, append, reply update — on 8 connections, the pool size of a
 //! worker, once with one command per transaction and once with `COMMANDS_PER_BATCH` per
-//! transaction in the worker's batch statements (one statement per step for the whole batch).
+//! transaction through the worker's batch path (one statement per step for the whole batch).
 //! The batched one is what the ceiling model charges a command on the database: it is what a
 //! group-committing worker does when it is saturated.
 
@@ -21,10 +24,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use eventline_events::catalog::{CatalogEvent, StockReserved};
+use eventline_events::values::StreamId;
 use eventline_events::values::{OrderId, ProductId, Quantity};
-use eventline_events::{CausationId, Contract, CorrelationId, EventId, MessageId, Reply};
+use eventline_events::{CausationId, Contract, CorrelationId, EventId, Metadata, Reply};
 use eventline_workers::runtime::SecretUrl;
-use eventline_workers::runtime::store::EventMetadata;
+use eventline_workers::runtime::store::{
+    self, Append, Claim, EventMetadata, EventStore, NewEvent, StoreError,
+};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinSet;
@@ -67,20 +73,18 @@ pub struct DbFigures {
     pub command_batch_8: Rate,
 }
 
-const CREATE: &str = "CREATE TABLE bench_raw_log (LIKE event_log INCLUDING ALL); \
-                      CREATE TABLE bench_raw_inbox (LIKE processed_messages INCLUDING ALL);";
-const DROP: &str = "DROP TABLE IF EXISTS bench_raw_log; DROP TABLE IF EXISTS bench_raw_inbox;";
+const CREATE: &str = "CREATE TABLE bench_raw_log (LIKE event_log INCLUDING ALL)";
+const DROP: &str = "DROP TABLE IF EXISTS bench_raw_log";
+
+/// The inbox key and message type the command transactions claim under, as the catalog
+/// worker's would.
+const CONSUMER: &str = "catalog.commands";
+const COMMAND_TYPE: &str = "catalog.reserve_stock";
 
 // One event per statement; autocommit makes each its own durable commit.
 const INSERT_ONE: &str = "INSERT INTO bench_raw_log \
      (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
      VALUES ($1, $2, $3, $4, 1, $5, $6)";
-
-// The runtime's append statement (workers/src/runtime/store.rs), on the scratch table.
-const APPEND: &str = "INSERT INTO bench_raw_log \
-     (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
-     SELECT $1, v, id, t, $5, d, $7 \
-     FROM unnest($2::bigint[], $3::uuid[], $4::text[], $6::jsonb[]) AS e(v, id, t, d)";
 
 // The same batch shape across many streams (one per row), as a batching writer would send.
 const APPEND_MANY: &str = "INSERT INTO bench_raw_log \
@@ -95,10 +99,22 @@ struct Shape {
     event_type: &'static str,
     data: serde_json::Value,
     metadata: serde_json::Value,
+    event_metadata: EventMetadata,
     reply: serde_json::Value,
 }
 
 impl Shape {
+    /// `n` fresh events of the shape, for the store's append.
+    fn events(&self, n: usize) -> Vec<NewEvent> {
+        (0..n)
+            .map(|_| NewEvent {
+                event_id: EventId::new(),
+                event_type: self.event_type,
+                data: self.data.clone(),
+            })
+            .collect()
+    }
+
     fn new() -> Self {
         let event = CatalogEvent::from(StockReserved {
             product_id: ProductId::parse("s1-0042".into()).expect("a valid product id"),
@@ -127,6 +143,7 @@ impl Shape {
             event_type: event.message_type(),
             data: event.to_json(),
             metadata: serde_json::to_value(&metadata).unwrap_or_default(),
+            event_metadata: metadata,
             reply: serde_json::to_value(&reply).unwrap_or_default(),
         }
     }
@@ -190,10 +207,19 @@ pub async fn measure(
         }
     }
 
+    // The command transactions run through the store on a scratch database of their own,
+    // migrated like the real one (its triggers and indexes included), so the end-to-end log
+    // starts empty and the bench measures the worker's statements rather than a copy.
+    let scratch = format!("{database}_rawstore");
+    let scratch_url = database_url.with_path(&scratch);
+    store::create_database_if_missing(&scratch_url).await?;
+    let store = EventStore::connect(&scratch_url, 8).await?;
+    store.migrate().await?;
+
     progress.phase("raw database: command transactions, 8 connections");
     let (rate, usage) = with_usage(
-        database,
-        command_transactions(&pool, &shape, plan.products, 8, duration),
+        &scratch,
+        command_transactions(&store, &shape, plan.products, 8, duration),
     )
     .await;
     figures.command_txn_8 = rate?;
@@ -208,8 +234,8 @@ pub async fn measure(
 
     progress.phase("raw database: batched command transactions, 8 connections");
     let (rate, usage) = with_usage(
-        database,
-        command_batches(&pool, &shape, plan.products, 8, duration),
+        &scratch,
+        command_batches(&store, &shape, plan.products, 8, duration),
     )
     .await;
     figures.command_batch_8 = rate?;
@@ -222,6 +248,8 @@ pub async fn measure(
         figures.command_batch_8.commits_per_s,
     ));
 
+    store.pool().close().await;
+    store::drop_database(&scratch_url).await?;
     sqlx::raw_sql(DROP).execute(&pool).await?;
     pool.close().await;
     Ok(figures)
@@ -278,7 +306,7 @@ async fn inserts(
                 }
                 commits += 1;
             }
-            Ok(Tally {
+            Ok::<_, sqlx::Error>(Tally {
                 commits,
                 rows: commits * rows as u64,
                 conflicts: 0,
@@ -288,76 +316,49 @@ async fn inserts(
     .await
 }
 
-/// The worker's transaction, statement for statement (see `EventStore::begin_command`,
-/// `CommandTx::load_stream`, `append`, `commit`), on `products` streams chosen at random.
+/// The worker's transaction, one command each, through the store itself
+/// (`EventStore::begin_command`, `CommandTx::load_stream`, `append`, `commit`), on `products`
+/// streams chosen at random: the worker's own statements, never a copy of them.
 async fn command_transactions(
-    pool: &PgPool,
+    store: &EventStore,
     shape: &Shape,
     products: usize,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Rate> {
     let shape = Arc::new(shape.clone());
-    run_writers(pool, connections, 1, duration, |_, pool, end| {
+    run_writers(store, connections, 1, duration, |_, store, end| {
         let shape = shape.clone();
         async move {
-            let mut conn = pool.acquire().await?;
             let (mut commits, mut conflicts) = (0u64, 0u64);
             while Instant::now() < end {
-                let stream = format!("catalog.product-rawcmd-{}", fastrand::usize(..products));
-                let message_id = MessageId::new().as_uuid();
-                let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
-                sqlx::query(
-                    "INSERT INTO bench_raw_inbox (consumer, message_id, handled_by) \
-                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                )
-                .bind("catalog.commands")
-                .bind(message_id)
-                .bind("bench")
-                .execute(&mut *tx)
-                .await?;
-                let history: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(
-                    "SELECT stream_version, event_type, data FROM bench_raw_log \
-                     WHERE stream_id = $1 ORDER BY stream_version",
-                )
-                .bind(&stream)
-                .fetch_all(&mut *tx)
-                .await?;
+                let stream = StreamId::from_log(format!(
+                    "catalog.product-rawcmd-{}",
+                    fastrand::usize(..products)
+                ));
+                let metadata = Metadata::origin(COMMAND_TYPE);
+                let Claim::New(mut tx) = store.begin_command(CONSUMER, &metadata, "bench").await?
+                else {
+                    continue;
+                };
+                let history = tx.load_stream(&stream).await?;
                 let version = history.last().map_or(0, |row| row.0);
-                let appended = sqlx::query(APPEND)
-                    .bind(&stream)
-                    .bind(vec![version + 1])
-                    .bind(vec![EventId::new().as_uuid()])
-                    .bind(vec![shape.event_type])
-                    .bind(1i32)
-                    .bind(vec![shape.data.clone()])
-                    .bind(&shape.metadata)
-                    .execute(&mut *tx)
-                    .await;
-                match appended {
-                    Ok(_) => {}
-                    Err(error)
-                        if error.as_database_error().and_then(|e| e.code()).as_deref()
-                            == Some("23505") =>
-                    {
+                match tx
+                    .append(&stream, version, &shape.events(1), &shape.event_metadata)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict { .. }) => {
                         tx.rollback().await?;
                         conflicts += 1;
                         continue;
                     }
                     Err(error) => return Err(error),
                 }
-                sqlx::query(
-                    "UPDATE bench_raw_inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2",
-                )
-                .bind("catalog.commands")
-                .bind(message_id)
-                .bind(&shape.reply)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
+                tx.commit(&shape.reply, &serde_json::json!([])).await?;
                 commits += 1;
             }
-            Ok(Tally {
+            Ok::<_, StoreError>(Tally {
                 commits,
                 rows: commits,
                 conflicts,
@@ -367,13 +368,14 @@ async fn command_transactions(
     .await
 }
 
-/// `connections` writers, each committing transactions of `COMMANDS_PER_BATCH` commands in
-/// the worker's batch statements (workers/src/runtime/store.rs): one inbox claim for all,
-/// one read of what each stream gained since the writer last saw it (the worker keeps stream
+/// `connections` writers, each committing transactions of `COMMANDS_PER_BATCH` commands
+/// through the worker's batch path in the store (`EventStore::begin_batch`,
+/// `CommandTx::load_streams_after`, `append_all`, `commit_all`): one inbox claim for all, one
+/// read of what each stream gained since the writer last saw it (the worker keeps stream
 /// states in memory), one append for all, one reply update for all. Each writer has streams
 /// of its own, so there are no version conflicts: a ceiling, not a workload.
 async fn command_batches(
-    pool: &PgPool,
+    store: &EventStore,
     shape: &Shape,
     products: usize,
     connections: usize,
@@ -381,92 +383,62 @@ async fn command_batches(
 ) -> anyhow::Result<Rate> {
     let shape = Arc::new(shape.clone());
     run_writers(
-        pool,
+        store,
         connections,
         COMMANDS_PER_BATCH,
         duration,
-        |writer, pool, end| {
+        |writer, store, end| {
             let shape = shape.clone();
             async move {
-                let mut conn = pool.acquire().await?;
-                let mut versions = std::collections::HashMap::<String, i64>::new();
+                let mut versions = std::collections::HashMap::<StreamId, i64>::new();
                 let (mut commits, mut commands) = (0u64, 0u64);
                 while Instant::now() < end {
-                    let mut streams: Vec<String> = (0..COMMANDS_PER_BATCH)
+                    let mut streams: Vec<StreamId> = (0..COMMANDS_PER_BATCH)
                         .map(|_| {
-                            format!(
+                            StreamId::from_log(format!(
                                 "catalog.product-rawbatch-{writer}-{}",
                                 fastrand::usize(..products.max(COMMANDS_PER_BATCH))
-                            )
+                            ))
                         })
                         .collect();
                     streams.sort();
                     streams.dedup();
-                    let ids: Vec<uuid::Uuid> =
-                        streams.iter().map(|_| MessageId::new().as_uuid()).collect();
-                    let after: Vec<i64> = streams
+                    let metadata: Vec<Metadata> = streams
                         .iter()
-                        .map(|s| versions.get(s).copied().unwrap_or(0))
+                        .map(|_| Metadata::origin(COMMAND_TYPE))
                         .collect();
-                    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
-                    sqlx::query(
-                        "INSERT INTO bench_raw_inbox (consumer, message_id, handled_by) \
-                     SELECT $1, id, $3 FROM unnest($2::uuid[]) AS m(id) \
-                     ON CONFLICT DO NOTHING RETURNING message_id",
-                    )
-                    .bind("catalog.commands")
-                    .bind(&ids)
-                    .bind("bench")
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    let _news: Vec<(String, i64)> = sqlx::query_as(
-                        "SELECT e.stream_id, e.stream_version \
-                     FROM unnest($1::text[], $2::bigint[]) AS w(stream_id, after) \
-                     CROSS JOIN LATERAL (SELECT stream_id, stream_version FROM bench_raw_log \
-                         WHERE stream_id = w.stream_id AND stream_version > w.after \
-                         ORDER BY stream_version) e",
-                    )
-                    .bind(&streams)
-                    .bind(&after)
-                    .persistent(false)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    let next: Vec<i64> = after.iter().map(|v| v + 1).collect();
-                    let event_ids: Vec<uuid::Uuid> =
-                        streams.iter().map(|_| EventId::new().as_uuid()).collect();
-                    let types: Vec<&str> = streams.iter().map(|_| shape.event_type).collect();
-                    let data: Vec<&serde_json::Value> =
-                        streams.iter().map(|_| &shape.data).collect();
-                    sqlx::query(APPEND_MANY)
-                        .bind(&streams)
-                        .bind(&next)
-                        .bind(&event_ids)
-                        .bind(&types)
-                        .bind(&data)
-                        .bind(&shape.metadata)
-                        .execute(&mut *tx)
-                        .await?;
-                    let replies: Vec<&serde_json::Value> =
-                        streams.iter().map(|_| &shape.reply).collect();
-                    sqlx::query(
-                        "UPDATE bench_raw_inbox \
-                     SET reply = ($3::jsonb[])[array_position($2::uuid[], message_id)] \
-                     WHERE consumer = $1 AND message_id = ANY($2::uuid[])",
-                    )
-                    .bind("catalog.commands")
-                    .bind(&ids)
-                    .bind(&replies)
-                    .persistent(false)
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await?;
+                    let messages: Vec<_> = metadata.iter().map(|m| (m, None)).collect();
+                    let (mut tx, _claims) = store.begin_batch(CONSUMER, &messages, "bench").await?;
+                    let after: Vec<(&StreamId, i64)> = streams
+                        .iter()
+                        .map(|s| (s, versions.get(s).copied().unwrap_or(0)))
+                        .collect();
+                    let _news = tx.load_streams_after(&after).await?;
+                    let events: Vec<Vec<NewEvent>> =
+                        streams.iter().map(|_| shape.events(1)).collect();
+                    let appends: Vec<Append<'_>> = after
+                        .iter()
+                        .zip(&events)
+                        .map(|((stream_id, version), events)| Append {
+                            stream_id,
+                            expected_version: *version,
+                            events,
+                            metadata: &shape.event_metadata,
+                        })
+                        .collect();
+                    tx.append_all(&appends).await?;
+                    let outcomes: Vec<_> = metadata
+                        .iter()
+                        .map(|m| (m.message_id, shape.reply.clone(), serde_json::json!([])))
+                        .collect();
+                    tx.commit_all(&outcomes).await?;
                     commands += streams.len() as u64;
-                    for (stream, version) in streams.into_iter().zip(next) {
-                        versions.insert(stream, version);
+                    for (stream, version) in after {
+                        versions.insert(stream.clone(), version + 1);
                     }
                     commits += 1;
                 }
-                Ok(Tally {
+                Ok::<_, StoreError>(Tally {
                     commits,
                     rows: commands,
                     conflicts: 0,
@@ -487,24 +459,27 @@ struct Tally {
     conflicts: u64,
 }
 
-/// Runs `connections` writers at once — `writer(index, pool, deadline)`, each working until
-/// the deadline `duration` from now — and sums what they committed into a rate.
-async fn run_writers<W, F>(
-    pool: &PgPool,
+/// Runs `connections` writers at once — `writer(index, handle, deadline)`, each working until
+/// the deadline `duration` from now — and sums what they committed into a rate. The handle
+/// is a pool (the raw statements) or the store (the worker's transactions).
+async fn run_writers<H, W, F, E>(
+    handle: &H,
     connections: usize,
     rows_per_commit: usize,
     duration: Duration,
     writer: W,
 ) -> anyhow::Result<Rate>
 where
-    W: Fn(usize, PgPool, Instant) -> F,
-    F: Future<Output = Result<Tally, sqlx::Error>> + Send + 'static,
+    H: Clone,
+    W: Fn(usize, H, Instant) -> F,
+    F: Future<Output = Result<Tally, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
     let end = started + duration;
     let mut writers = JoinSet::new();
     for index in 0..connections {
-        writers.spawn(writer(index, pool.clone(), end));
+        writers.spawn(writer(index, handle.clone(), end));
     }
     let mut total = Tally::default();
     while let Some(joined) = writers.join_next().await {

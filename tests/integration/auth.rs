@@ -19,11 +19,7 @@ async fn auth(system: &TestSystem, message_type: &str, email: &str, password: &s
             .into_bytes(),
         extra_headers: Vec::new(),
     };
-    system
-        .client
-        .request_message(message, PATIENCE)
-        .await
-        .unwrap()
+    system.request(message).await
 }
 
 fn code(reply: &Reply) -> &str {

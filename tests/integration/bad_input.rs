@@ -479,16 +479,8 @@ async fn every_kind_of_bad_input_is_refused_with_a_reason_while_valid_traffic_fl
             price: Money::parse(300).unwrap(),
         }),
     );
-    let restocked = system
-        .client
-        .request_message(restock_cup.clone(), PATIENCE)
-        .await
-        .unwrap();
-    let repriced = system
-        .client
-        .request_message(reprice_cup.clone(), PATIENCE)
-        .await
-        .unwrap();
+    let restocked = system.request(restock_cup.clone()).await;
+    let repriced = system.request(reprice_cup.clone()).await;
     assert!(restocked.is_accepted() && repriced.is_accepted());
 
     let cases = build_cases(

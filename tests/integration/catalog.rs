@@ -94,13 +94,7 @@ async fn duplicate_delivery_has_one_effect_and_the_same_reply() {
         join_all((0..10).map(|_| system.client.request_message(message.clone(), PATIENCE))).await;
     let mut replies: Vec<Reply> = replies.into_iter().map(|r| r.expect("a reply")).collect();
     // …and once more after all of them were handled: answered from the inbox.
-    replies.push(
-        system
-            .client
-            .request_message(message.clone(), PATIENCE)
-            .await
-            .unwrap(),
-    );
+    replies.push(system.request(message.clone()).await);
     assert!(
         replies.iter().all(|r| r == &replies[0]),
         "replies differ: {replies:?}"

@@ -59,19 +59,9 @@ async fn a_dead_letter_redriven_after_a_fix_is_applied_exactly_once() {
         .send(&reserve(OrderId::new(), 1))
         .await
         .unwrap();
-    let letters = eventually("both reservations to be dead-lettered", || async {
-        let letters = system
-            .client
-            .dead_letters(Service::Catalog, 10)
-            .await
-            .map_err(|e| e.to_string())?;
-        if letters.len() == 2 {
-            Ok(letters)
-        } else {
-            Err(format!("{} dead letters", letters.len()))
-        }
-    })
-    .await;
+    let letters = system
+        .wait_for_dead_letters("both reservations to be dead-lettered", Service::Catalog, 2)
+        .await;
     assert!(
         letters.iter().all(|l| l.code == "retries_exhausted"),
         "{letters:?}"
@@ -186,19 +176,9 @@ async fn redrive_by_code_takes_only_that_code_and_keeps_the_rest_in_order() {
         .publish_raw(Service::Catalog, &body, properties)
         .await
         .unwrap();
-    let letters = eventually("four dead letters", || async {
-        let letters = system
-            .client
-            .dead_letters(Service::Catalog, 10)
-            .await
-            .map_err(|e| e.to_string())?;
-        if letters.len() == 4 {
-            Ok(letters)
-        } else {
-            Err(format!("{} dead letters", letters.len()))
-        }
-    })
-    .await;
+    let letters = system
+        .wait_for_dead_letters("four dead letters", Service::Catalog, 4)
+        .await;
     let code_of_bad_body = letters
         .iter()
         .find(|l| l.message_type.as_deref() == Some("catalog.restock"))
@@ -218,19 +198,9 @@ async fn redrive_by_code_takes_only_that_code_and_keeps_the_rest_in_order() {
         .unwrap();
     assert_eq!(report.redriven.len(), 3, "{report:?}");
     assert_eq!(report.left, 1);
-    let letters = eventually("the re-driven letters to come back", || async {
-        let letters = system
-            .client
-            .dead_letters(Service::Catalog, 10)
-            .await
-            .map_err(|e| e.to_string())?;
-        if letters.len() == 4 {
-            Ok(letters)
-        } else {
-            Err(format!("{} dead letters", letters.len()))
-        }
-    })
-    .await;
+    let letters = system
+        .wait_for_dead_letters("the re-driven letters to come back", Service::Catalog, 4)
+        .await;
     assert_eq!(
         letters[0].message_type.as_deref(),
         Some("catalog.restock"),

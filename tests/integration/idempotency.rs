@@ -49,11 +49,7 @@ async fn a_message_id_reused_with_another_body_or_type_is_refused_and_has_no_eff
     let system = TestSystem::with_catalog(1).await;
     assert!(system.add_product("cup", 10).await.is_accepted());
     let first = OutgoingMessage::new(Metadata::origin("catalog.restock"), &restock("cup", 1));
-    let accepted = system
-        .client
-        .request_message(first.clone(), PATIENCE)
-        .await
-        .unwrap();
+    let accepted = system.request(first.clone()).await;
     assert!(accepted.is_accepted(), "{accepted:?}");
 
     // The same message again, its body's keys in another order and with another sender's
@@ -83,11 +79,7 @@ async fn a_message_id_reused_with_another_body_or_type_is_refused_and_has_no_eff
             ),
         ),
     ] {
-        let reply = system
-            .client
-            .request_message(message, PATIENCE)
-            .await
-            .unwrap();
+        let reply = system.request(message).await;
         assert_eq!(
             code(&reply),
             Some("idempotency_key_reused"),
@@ -100,11 +92,7 @@ async fn a_message_id_reused_with_another_body_or_type_is_refused_and_has_no_eff
         "only the add and the first restock"
     );
     // The row still holds the first message's reply: a faithful re-send still gets it.
-    let third = system
-        .client
-        .request_message(first, PATIENCE)
-        .await
-        .unwrap();
+    let third = system.request(first).await;
     assert_eq!(third, accepted);
     // A reply, not a dead letter: the first outcome stands and there is nothing to re-drive.
     let dead = system
@@ -198,20 +186,12 @@ async fn queries_leave_no_inbox_row_and_a_repeated_query_runs_again() {
         Metadata::origin("catalog.query.list_products"),
         &CatalogQuery::from(ListProducts {}),
     );
-    let before = system
-        .client
-        .request_message(query.clone(), PATIENCE)
-        .await
-        .unwrap();
+    let before = system.request(query.clone()).await;
     assert!(before.is_accepted(), "{before:?}");
     assert!(system.add_product("jar", 1).await.is_accepted());
     system.wait_for_projection().await;
     // The same query id again answers from the read model as it is now, not a stored snapshot.
-    let after = system
-        .client
-        .request_message(query, PATIENCE)
-        .await
-        .unwrap();
+    let after = system.request(query).await;
     let names = |reply: &Reply| match reply {
         Reply::Accepted { result, .. } => {
             result.as_ref().map(|r| r.to_string()).unwrap_or_default()
@@ -277,11 +257,7 @@ async fn a_resend_within_the_window_has_one_effect_and_the_row_goes_only_after_i
     let system = catalog_with_window(WINDOW).await;
     assert!(system.add_product("cup", 10).await.is_accepted());
     let message = OutgoingMessage::new(Metadata::origin("catalog.restock"), &restock("cup", 1));
-    let first = system
-        .client
-        .request_message(message.clone(), PATIENCE)
-        .await
-        .unwrap();
+    let first = system.request(message.clone()).await;
     assert!(first.is_accepted());
     let (claimed_at, _) = inbox_row(&system, &message).await.expect("claimed");
 
@@ -333,11 +309,7 @@ async fn a_resend_within_the_window_has_one_effect_and_the_row_goes_only_after_i
     })
     .await;
     // The window is the promise: after it, the same id is a new message.
-    let late = system
-        .client
-        .request_message(message, PATIENCE)
-        .await
-        .unwrap();
+    let late = system.request(message).await;
     assert!(late.is_accepted());
     assert_eq!(
         system.stream_versions("catalog.product-cup").await,
@@ -356,11 +328,7 @@ async fn the_inbox_stays_bounded_under_a_long_run_and_keeps_every_row_inside_the
     let mut sent: Vec<(uuid::Uuid, f64)> = Vec::new();
     while db_now(&system).await - start < 4.0 * WINDOW.as_secs_f64() {
         let message = OutgoingMessage::new(Metadata::origin("catalog.restock"), &restock("tea", 1));
-        let reply = system
-            .client
-            .request_message(message.clone(), PATIENCE)
-            .await
-            .unwrap();
+        let reply = system.request(message.clone()).await;
         assert!(reply.is_accepted(), "{reply:?}");
         let (claimed_at, _) = inbox_row(&system, &message)
             .await

@@ -7,7 +7,7 @@ use std::time::Duration;
 use eventline::client::parse_order;
 use eventline_events::{Metadata, OutgoingMessage, Reply};
 
-use crate::support::{PATIENCE, TestSystem};
+use crate::support::TestSystem;
 
 const ORDERS: usize = 1000;
 const PRODUCTS: [&str; 5] = ["p0", "p1", "p2", "p3", "p4"];
@@ -30,11 +30,7 @@ async fn a_thousand_concurrent_orders_keep_every_invariant() {
                 body: credentials.to_string().into_bytes(),
                 extra_headers: Vec::new(),
             };
-            let reply = system
-                .client
-                .request_message(message, PATIENCE)
-                .await
-                .unwrap();
+            let reply = system.request(message).await;
             if let Reply::Accepted {
                 result: Some(result),
                 ..

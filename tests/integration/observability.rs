@@ -16,7 +16,7 @@ use eventline_workers::runtime::http;
 use eventline_workers::runtime::{broker, metrics};
 use lapin::BasicProperties;
 
-use crate::support::{PATIENCE, TestSystem, eventually, product};
+use crate::support::{TestSystem, eventually, product};
 
 /// The sum of every sample of `name` whose labels include all of `labels`.
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -78,11 +78,7 @@ async fn metrics_count_exactly_what_the_workload_sent() {
     // 1 restock accepted, then the same message id again: a duplicate, no second effect.
     let message = restock(2);
     for _ in 0..2 {
-        let reply = system
-            .client
-            .request_message(message.clone(), PATIENCE)
-            .await
-            .unwrap();
+        let reply = system.request(message.clone()).await;
         assert!(reply.is_accepted(), "{reply:?}");
     }
     // 3 poison: 2 undecodable restocks, 1 of a type the contract does not have.

@@ -178,17 +178,13 @@ async fn a_slow_payment_delays_no_unrelated_order_event() {
     let slow_shopper = system.client_with_token(Some(token)).await;
     let slow = parse_order(&["tea:1".to_owned()], "tok_slow").unwrap();
     let slow_order = tokio::spawn(async move { slow_shopper.place_order(&slow, PATIENCE).await });
-    eventually("the slow order's charge to reach the provider", || async {
-        let n = system
-            .count("SELECT count(*) FROM event_log WHERE event_type = 'orders.payment_requested'")
-            .await;
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(format!("{n} payment requests"))
-        }
-    })
-    .await;
+    system
+        .wait_for_count(
+            "the slow order's charge to reach the provider",
+            "SELECT count(*) FROM event_log WHERE event_type = 'orders.payment_requested'",
+            1,
+        )
+        .await;
     // And a burnt position while the slow charge is at the provider.
     let doomed = open_append(&system, "doomed").await;
     doomed.rollback().await.unwrap();

@@ -130,17 +130,13 @@ async fn a_saga_timeout_survives_the_orders_worker_being_killed() {
         let outcome = shopper.place_order(&order, Duration::from_secs(30)).await;
         (shopper, outcome)
     });
-    eventually("the saga to ask for payment", || async {
-        let n = system
-            .count("SELECT count(*) FROM event_log WHERE event_type = 'orders.payment_requested'")
-            .await;
-        if n == 1 {
-            Ok(())
-        } else {
-            Err("not yet".to_string())
-        }
-    })
-    .await;
+    system
+        .wait_for_count(
+            "the saga to ask for payment",
+            "SELECT count(*) FROM event_log WHERE event_type = 'orders.payment_requested'",
+            1,
+        )
+        .await;
     system.processes().kill("orders-doomed").await;
     system
         .processes()

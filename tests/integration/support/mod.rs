@@ -16,12 +16,12 @@ pub mod sabotage;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use eventline::Client;
 use eventline::supervisor::Supervisor;
+use eventline::{Client, DeadLetter};
 use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand, ReserveStock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
-use eventline_events::{Namespace, Reply, Service, Topology};
+use eventline_events::{Namespace, OutgoingMessage, Reply, Service, Topology};
 use eventline_workers::runtime::Handler;
 use eventline_workers::runtime::config::{self, AuthKeys, PaymentSettings, RetryPolicy, SagaKeys};
 use eventline_workers::runtime::relay::{Relay, RelayProgress};
@@ -360,6 +360,52 @@ impl TestSystem {
         .fetch_all(self.store.pool())
         .await
         .unwrap()
+    }
+
+    /// Sends a prepared message and waits for its reply, panicking with its type if none
+    /// comes within [`PATIENCE`].
+    pub async fn request(&self, message: OutgoingMessage) -> Reply {
+        let what = message.metadata.message_type.clone();
+        self.client
+            .request_message(message, PATIENCE)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no reply: {e}"))
+    }
+
+    /// Waits until `service`'s dead-letter queue holds `n` letters (it reads at most 10),
+    /// and returns them, naming `what` if it never does.
+    pub async fn wait_for_dead_letters(
+        &self,
+        what: &str,
+        service: Service,
+        n: usize,
+    ) -> Vec<DeadLetter> {
+        eventually(what, || async {
+            let letters = self
+                .client
+                .dead_letters(service, 10)
+                .await
+                .map_err(|e| e.to_string())?;
+            if letters.len() == n {
+                Ok(letters)
+            } else {
+                Err(format!("{} dead letters", letters.len()))
+            }
+        })
+        .await
+    }
+
+    /// Waits until `sql` (a `count(*)`) counts `n`, naming `what` if it never does.
+    pub async fn wait_for_count(&self, what: &str, sql: &str, n: i64) {
+        eventually(what, || async {
+            let seen = self.count(sql).await;
+            if seen == n {
+                Ok(())
+            } else {
+                Err(format!("{seen}, not {n}: {sql}"))
+            }
+        })
+        .await
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

@@ -176,14 +176,7 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
             }
             Ok(events) => events,
         };
-        let new_events = new_events(&events);
-        tx.append(
-            &stream_id,
-            version,
-            &new_events,
-            &EventMetadata::for_command(ctx),
-        )
-        .await?;
+        let new_events = append_events(tx, ctx, &stream_id, version, &events).await?;
         let mut dispatch = Vec::new();
         for event in &events {
             state.apply(event);
@@ -328,6 +321,27 @@ pub fn new_events<E: Contract>(events: &[E]) -> Vec<NewEvent> {
             data: event.to_json(),
         })
         .collect()
+}
+
+/// Appends `events` to `stream_id` after `version`, as recorded while handling `ctx`'s
+/// message, and returns them as appended: what [`accepted`] turns into the reply. The one
+/// append of a handler that writes a single stream (aggregates, payments, auth).
+pub async fn append_events<E: Contract>(
+    tx: &mut CommandTx,
+    ctx: &Context<'_>,
+    stream_id: &StreamId,
+    version: i64,
+    events: &[E],
+) -> Result<Vec<NewEvent>, StoreError> {
+    let new_events = new_events(events);
+    tx.append(
+        stream_id,
+        version,
+        &new_events,
+        &EventMetadata::for_command(ctx),
+    )
+    .await?;
+    Ok(new_events)
 }
 
 /// The reply for events appended after `version`.

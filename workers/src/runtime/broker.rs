@@ -200,6 +200,11 @@ async fn declare_spec(channel: &Channel, spec: &QueueSpec) -> Result<(), lapin::
     channel
         .queue_declare(spec.name.as_str().into(), durable(), spec.args.clone())
         .await?;
+    bind_spec(channel, spec).await
+}
+
+/// Binds a queue as its spec says (nothing for a queue with no binding).
+async fn bind_spec(channel: &Channel, spec: &QueueSpec) -> Result<(), lapin::Error> {
     if let Some((exchange, key)) = &spec.bind {
         channel
             .queue_bind(
@@ -271,17 +276,9 @@ pub async fn ensure_service_queues(
                 // Exists, with the arguments of an older version: make sure it is there and
                 // bound, and carry on with it.
                 inspect_queue(connection, &spec.name).await?;
-                if let Some((exchange, key)) = &spec.bind {
+                if spec.bind.is_some() {
                     let channel = connection.create_channel().await?;
-                    channel
-                        .queue_bind(
-                            spec.name.as_str().into(),
-                            exchange.as_str().into(),
-                            key.as_str().into(),
-                            QueueBindOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await?;
+                    bind_spec(&channel, &spec).await?;
                     let _ = channel.close(200, "bound".into()).await;
                 }
                 tracing::warn!(

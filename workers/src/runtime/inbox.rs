@@ -5,7 +5,7 @@
 //! the window, has one effect and gets the stored reply; the same id with other content is
 //! refused (`idempotency_key_reused`, see `schema/CONTRACT.md`), as a payment API refuses a
 //! reused idempotency key with another request. This module never decides an outcome and
-//! never writes a claim: `store.rs` claims, the worker replies. The pruner never deletes a row
+//! never writes a claim: `store/claim.rs` claims, the worker replies. The pruner never deletes a row
 //! itself — it calls `eventline_prune_inbox` (migration 0005), which removes only rows older
 //! than the window, so the workers' role needs no DELETE on the inbox.
 

@@ -27,7 +27,7 @@ use sqlx::{Acquire, PgConnection};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::backoff::Backoff;
+use super::backoff;
 use super::log_reader::{HOLE_POLL_INTERVAL, LogReader};
 use super::shutdown::Shutdown;
 use super::store::{EventStore, RecordedEvent, StoreError};
@@ -85,25 +85,24 @@ pub async fn run<P: Projection>(
     shutdown: Shutdown,
     progress: watch::Sender<i64>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    while !shutdown.is_triggered() {
-        match follow(&projection, &store, &shutdown, &progress).await {
-            Ok(()) => return,
-            Err(ProjectionError::Poisoned { reason, .. }) => {
-                // Logged once where it was found; here only wait for a rebuild to clear it.
-                warn!(projection = P::NAME, %reason, "projection poisoned; waiting for `eventline projections rebuild`");
-                if !wait_for_cure::<P>(&store, &shutdown).await {
-                    return;
+    let (projection, store, stop, progress) = (&projection, &store, &shutdown, &progress);
+    // A poisoned projection waits for a rebuild, not for a backoff: only other failures
+    // (connection, database) end the session and go through the reconnect loop.
+    backoff::reconnect(shutdown.token(), P::NAME, || async move {
+        loop {
+            match follow(projection, store, stop, progress).await {
+                Err(ProjectionError::Poisoned { reason, .. }) => {
+                    // Logged once where it was found; here only wait for a rebuild to clear it.
+                    warn!(projection = P::NAME, %reason, "projection poisoned; waiting for `eventline projections rebuild`");
+                    if !wait_for_cure::<P>(store, stop).await {
+                        return Ok(());
+                    }
                 }
-            }
-            Err(error) => {
-                warn!(%error, projection = P::NAME, "projection stopped; resuming from its checkpoint");
-                if !backoff.wait(shutdown.token()).await {
-                    return;
-                }
+                ended => return ended,
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Waits until the projection's poison is cleared; false on shutdown.

@@ -17,9 +17,9 @@ use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use sqlx::Connection;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::backoff::Backoff;
+use super::backoff;
 use super::broker::{self, BrokerError};
 use super::config::Config;
 use super::log_reader::{HOLE_POLL_INTERVAL, LogReader};
@@ -101,20 +101,17 @@ impl Relay {
 
     /// Runs until shutdown, reconnecting to either service with backoff.
     pub async fn run(self, shutdown: Shutdown) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        while !shutdown.is_triggered() {
-            match self.session(&shutdown).await {
-                Ok(()) => return readiness::remove(&self.config.namespace, READINESS),
-                Err(error) => {
-                    warn!(%error, "relay session ended; reconnecting");
-                    readiness::report(&self.config.namespace, READINESS, false, error.to_string());
-                    metrics::reconnecting(&self.config.namespace, "relay", error.peer());
-                    if !backoff.wait(shutdown.token()).await {
-                        return;
-                    }
-                }
+        let (this, stop) = (&self, &shutdown);
+        backoff::reconnect(shutdown.token(), "relay", || async move {
+            let ended = this.session(stop).await;
+            if let Err(error) = &ended {
+                readiness::report(&this.config.namespace, READINESS, false, error.to_string());
+                metrics::reconnecting(&this.config.namespace, "relay", error.peer());
             }
-        }
+            ended
+        })
+        .await;
+        readiness::remove(&self.config.namespace, READINESS);
     }
 
     async fn session(&self, shutdown: &Shutdown) -> Result<(), RelayError> {

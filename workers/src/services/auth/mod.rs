@@ -12,13 +12,13 @@ use eventline_events::auth::{
     AuthCommand, AuthEvent, Claims, LogIn, Password, RegisterUser, Role, TOKEN_LIFETIME_SECS,
     UserId, UserLoggedIn, UserRegistered,
 };
-use eventline_events::{Contract, EventId, Rejection, Reply, Service};
+use eventline_events::{Rejection, Reply, Service};
 use serde_json::json;
 
 use crate::runtime::State;
-use crate::runtime::aggregate::{accepted, load};
+use crate::runtime::aggregate::{accepted, append_events, load};
 use crate::runtime::handler::{Context, Handled, Handler, HandlerError};
-use crate::runtime::store::{CommandTx, EventMetadata, NewEvent, StoreError};
+use crate::runtime::store::{CommandTx, StoreError};
 use crate::runtime::token;
 
 /// A user stream's state.
@@ -82,7 +82,7 @@ async fn register(
         email: command.email.clone(),
         role: Role::Customer,
     });
-    let recorded = append(tx, ctx, &stream_id, version, &event).await?;
+    let recorded = append_events(tx, ctx, &stream_id, version, &[event]).await?;
     sqlx::query("INSERT INTO auth_credentials (user_id, email, password_hash) VALUES ($1, $2, $3)")
         .bind(user_id.as_uuid())
         .bind(command.email.as_str())
@@ -93,7 +93,7 @@ async fn register(
     Ok(Handled::reply(accepted(
         stream_id,
         version,
-        vec![recorded],
+        recorded,
         Some(json!({ "user_id": user_id })),
     )))
 }
@@ -131,12 +131,12 @@ async fn log_in(
     };
     let token = token::sign(&claims, &signing.0);
     let event = AuthEvent::from(UserLoggedIn { user_id });
-    let recorded = append(tx, ctx, &stream_id, version, &event).await?;
+    let recorded = append_events(tx, ctx, &stream_id, version, &[event]).await?;
     let reply = |token: serde_json::Value| {
         accepted(
             stream_id.clone(),
             version,
-            vec![recorded.clone()],
+            recorded.clone(),
             Some(
                 json!({ "user_id": user_id, "role": role, "token": token, "expires_at": claims.exp }),
             ),
@@ -148,28 +148,6 @@ async fn log_in(
         stored_reply: Some(reply(json!(null))),
         dispatch: Vec::new(),
     })
-}
-
-async fn append(
-    tx: &mut CommandTx,
-    ctx: &Context<'_>,
-    stream_id: &eventline_events::values::StreamId,
-    version: i64,
-    event: &AuthEvent,
-) -> Result<NewEvent, StoreError> {
-    let new = NewEvent {
-        event_id: EventId::new(),
-        event_type: event.message_type(),
-        data: event.to_json(),
-    };
-    tx.append(
-        stream_id,
-        version,
-        std::slice::from_ref(&new),
-        &EventMetadata::for_command(ctx),
-    )
-    .await?;
-    Ok(new)
 }
 
 fn rejected(code: &str, message: String) -> Handled {

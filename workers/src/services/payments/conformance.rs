@@ -12,7 +12,7 @@ use std::time::Duration;
 use eventline_events::payments::CardToken;
 use eventline_events::values::{Money, OrderId};
 
-use super::provider::{Authorization, PaymentProvider};
+use super::provider::{Authorization, PaymentProvider, ProviderUnavailable};
 
 /// The card tokens that make a provider approve, decline, and so on.
 #[derive(Clone, Copy, Debug)]
@@ -54,29 +54,53 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what} did not answer within {PATIENCE:?}"))
 }
 
+/// `p.authorize(order, amount(), token)`: its answer or its error, within [`PATIENCE`].
+async fn authorize<P: PaymentProvider>(
+    p: &P,
+    order: OrderId,
+    token: &str,
+) -> Result<Authorization, ProviderUnavailable> {
+    within("authorize", p.authorize(order, amount(), &card(token))).await
+}
+
+/// Captures `amount()` for `order`, which must succeed within [`PATIENCE`].
+async fn capture<P: PaymentProvider>(p: &P, order: OrderId) {
+    within("capture", p.capture(order, amount()))
+        .await
+        .unwrap_or_else(|e| panic!("capture of {order}: {e}"));
+}
+
+/// Refunds `order`, which must succeed within [`PATIENCE`].
+async fn refund<P: PaymentProvider>(p: &P, order: OrderId) {
+    within("refund", p.refund(order))
+        .await
+        .unwrap_or_else(|e| panic!("refund of {order}: {e}"));
+}
+
+/// What the provider holds for `order`, within [`PATIENCE`].
+async fn charged<P: PaymentProvider>(p: &P, order: OrderId) -> Money {
+    within("charged", p.charged(order))
+        .await
+        .unwrap_or_else(|e| panic!("charged for {order}: {e}"))
+}
+
 /// The same key twice gets the same answer, and a repeated capture charges once.
 pub async fn an_idempotency_key_is_charged_once<P: PaymentProvider>(p: &P, cards: TestCards) {
     let order = OrderId::new();
-    let first = within(
-        "authorize",
-        p.authorize(order, amount(), &card(cards.approved)),
-    )
-    .await
-    .expect("an answer");
+    let first = authorize(p, order, cards.approved)
+        .await
+        .expect("an answer");
     let Authorization::Approved { .. } = &first else {
         panic!("{} was not approved: {first:?}", cards.approved);
     };
-    within("capture", p.capture(order, amount())).await.unwrap();
-    let again = within(
-        "authorize",
-        p.authorize(order, amount(), &card(cards.approved)),
-    )
-    .await
-    .expect("an answer");
-    within("capture", p.capture(order, amount())).await.unwrap();
+    capture(p, order).await;
+    let again = authorize(p, order, cards.approved)
+        .await
+        .expect("an answer");
+    capture(p, order).await;
     assert_eq!(again, first, "the same key got a different answer");
     assert_eq!(
-        within("charged", p.charged(order)).await.unwrap(),
+        charged(p, order).await,
         amount(),
         "a repeated authorize and capture under one key must charge once"
     );
@@ -93,16 +117,11 @@ pub async fn a_declined_card_is_declined_and_charges_nothing<P: PaymentProvider>
     ] {
         let order = OrderId::new();
         for _ in 0..2 {
-            let answer = within("authorize", p.authorize(order, amount(), &card(token)))
-                .await
-                .expect("an answer");
+            let answer = authorize(p, order, token).await.expect("an answer");
             assert_eq!(answer, Authorization::Declined { reason }, "card {token}");
         }
-        within("capture", p.capture(order, amount())).await.unwrap();
-        assert_eq!(
-            within("charged", p.charged(order)).await.unwrap(),
-            Money::ZERO
-        );
+        capture(p, order).await;
+        assert_eq!(charged(p, order).await, Money::ZERO);
     }
 }
 
@@ -112,115 +131,70 @@ pub async fn a_transient_failure_is_retryable_and_charges_nothing<P: PaymentProv
     cards: TestCards,
 ) {
     let order = OrderId::new();
-    let failed = within(
-        "authorize",
-        p.authorize(order, amount(), &card(cards.transient)),
-    )
-    .await;
+    let failed = authorize(p, order, cards.transient).await;
     let error = failed.expect_err("the transient card must fail");
     assert!(
         !error.to_string().contains(cards.transient) || cards.transient.starts_with("tok_"),
         "an error may name the test card, never a real card"
     );
-    assert_eq!(
-        within("charged", p.charged(order)).await.unwrap(),
-        Money::ZERO
-    );
+    assert_eq!(charged(p, order).await, Money::ZERO);
 }
 
 /// A slow answer is still the right one, and a retry after it charges nothing more.
 pub async fn a_slow_answer_is_the_right_answer<P: PaymentProvider>(p: &P, cards: TestCards) {
     let order = OrderId::new();
-    let answer = within("authorize", p.authorize(order, amount(), &card(cards.slow)))
-        .await
-        .expect("an answer");
+    let answer = authorize(p, order, cards.slow).await.expect("an answer");
     assert!(
         matches!(answer, Authorization::Approved { .. }),
         "{answer:?}"
     );
-    within("capture", p.capture(order, amount())).await.unwrap();
-    let retried = within("authorize", p.authorize(order, amount(), &card(cards.slow)))
-        .await
-        .expect("an answer");
+    capture(p, order).await;
+    let retried = authorize(p, order, cards.slow).await.expect("an answer");
     assert_eq!(retried, answer);
-    assert_eq!(within("charged", p.charged(order)).await.unwrap(), amount());
+    assert_eq!(charged(p, order).await, amount());
 }
 
 /// A refund returns a capture once; a refund before any charge, and a repeated one, are
 /// no-ops; a refund before the charge's authorization leaves nothing captured after it.
 pub async fn a_refund_returns_the_charge_once<P: PaymentProvider>(p: &P, cards: TestCards) {
     let order = OrderId::new();
-    within(
-        "authorize",
-        p.authorize(order, amount(), &card(cards.approved)),
-    )
-    .await
-    .unwrap();
-    within("capture", p.capture(order, amount())).await.unwrap();
-    within("refund", p.refund(order)).await.unwrap();
-    within("refund", p.refund(order)).await.unwrap();
-    assert_eq!(
-        within("charged", p.charged(order)).await.unwrap(),
-        Money::ZERO
-    );
+    authorize(p, order, cards.approved).await.unwrap();
+    capture(p, order).await;
+    refund(p, order).await;
+    refund(p, order).await;
+    assert_eq!(charged(p, order).await, Money::ZERO);
 
     let never_charged = OrderId::new();
-    within("refund", p.refund(never_charged)).await.unwrap();
-    within(
-        "authorize",
-        p.authorize(never_charged, amount(), &card(cards.approved)),
-    )
-    .await
-    .unwrap();
-    within("capture", p.capture(never_charged, amount()))
-        .await
-        .unwrap();
+    refund(p, never_charged).await;
+    authorize(p, never_charged, cards.approved).await.unwrap();
+    capture(p, never_charged).await;
     assert_eq!(
-        within("charged", p.charged(never_charged)).await.unwrap(),
+        charged(p, never_charged).await,
         Money::ZERO,
         "a refund is final: an authorization under its key afterwards captures nothing"
     );
 }
 
 /// The whole suite as `#[tokio::test]`s: `provider_conformance!(make_provider(), cards)`,
-/// where the first expression makes a fresh provider for each test.
+/// where the first expression makes a fresh provider for each test. One test per check,
+/// named `conformance_` and the check's name, from one list: a new check is one line here.
 #[macro_export]
 macro_rules! provider_conformance {
     ($provider:expr, $cards:expr) => {
-        #[tokio::test]
-        async fn conformance_an_idempotency_key_is_charged_once() {
-            $crate::services::payments::conformance::an_idempotency_key_is_charged_once(
-                &$provider, $cards,
-            )
-            .await;
-        }
-        #[tokio::test]
-        async fn conformance_a_declined_card_is_declined_and_charges_nothing() {
-            $crate::services::payments::conformance::a_declined_card_is_declined_and_charges_nothing(
-                &$provider, $cards,
-            )
-            .await;
-        }
-        #[tokio::test]
-        async fn conformance_a_transient_failure_is_retryable_and_charges_nothing() {
-            $crate::services::payments::conformance::a_transient_failure_is_retryable_and_charges_nothing(
-                &$provider, $cards,
-            )
-            .await;
-        }
-        #[tokio::test]
-        async fn conformance_a_slow_answer_is_the_right_answer() {
-            $crate::services::payments::conformance::a_slow_answer_is_the_right_answer(
-                &$provider, $cards,
-            )
-            .await;
-        }
-        #[tokio::test]
-        async fn conformance_a_refund_returns_the_charge_once() {
-            $crate::services::payments::conformance::a_refund_returns_the_charge_once(
-                &$provider, $cards,
-            )
-            .await;
-        }
+        $crate::provider_conformance!(@checks $provider, $cards;
+            conformance_an_idempotency_key_is_charged_once => an_idempotency_key_is_charged_once,
+            conformance_a_declined_card_is_declined_and_charges_nothing => a_declined_card_is_declined_and_charges_nothing,
+            conformance_a_transient_failure_is_retryable_and_charges_nothing => a_transient_failure_is_retryable_and_charges_nothing,
+            conformance_a_slow_answer_is_the_right_answer => a_slow_answer_is_the_right_answer,
+            conformance_a_refund_returns_the_charge_once => a_refund_returns_the_charge_once,
+        );
+    };
+    (@checks $provider:expr, $cards:expr; $($test:ident => $check:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                $crate::services::payments::conformance::$check(&$provider, $cards).await;
+            }
+        )*
     };
 }

@@ -30,9 +30,9 @@ use sqlx::PgConnection;
 
 use self::provider::{Authorization, PaymentProvider, ProviderUnavailable};
 use crate::runtime::State;
-use crate::runtime::aggregate::{accepted, load, new_events};
+use crate::runtime::aggregate::{accepted, append_events, load};
 use crate::runtime::handler::{Context, Handled, Handler, HandlerError};
-use crate::runtime::store::{CommandTx, EventMetadata, EventStore, StoreError};
+use crate::runtime::store::{CommandTx, EventStore, StoreError};
 
 /// A payment's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -295,14 +295,7 @@ impl<P: PaymentProvider> Handler for PaymentsHandler<P> {
                 Payment::Declined { .. } | Payment::Refunded { .. },
             ) => (vec![], None),
         };
-        let new_events = new_events(&events);
-        tx.append(
-            &stream_id,
-            version,
-            &new_events,
-            &EventMetadata::for_command(ctx),
-        )
-        .await?;
+        let new_events = append_events(tx, ctx, &stream_id, version, &events).await?;
         let reply = match rejection {
             Some(reason) => Reply::Rejected { reason },
             None => accepted(stream_id, version, new_events, None),
