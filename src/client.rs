@@ -16,7 +16,7 @@ use eventline_events::{
 };
 use eventline_workers::runtime::SecretUrl;
 use eventline_workers::runtime::broker::{self, BrokerError};
-use eventline_workers::runtime::token;
+use eventline_workers::runtime::{propagation, token};
 use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::BasicGetOptions;
@@ -287,6 +287,8 @@ impl Client {
     /// Publishes a prepared message to the service its type names, with a confirm.
     pub async fn publish(&self, message: &OutgoingMessage) -> Result<(), ClientError> {
         let service = service_of(&message.metadata.message_type)?;
+        let traced = propagation::stamped(message);
+        let message = traced.as_ref();
         let with_token;
         let message = if self.token.is_some() || self.saga_key.is_some() {
             let mut m = message.clone();
