@@ -8,7 +8,8 @@
 //! causation ids, type, service, replica, and its `trace_id` and `span_id`) it belongs to.
 //! The OpenTelemetry layer is always installed, so spans have W3C ids that messages carry
 //! across processes (`eventline_workers::runtime::propagation`); without an endpoint they are
-//! simply not exported. This module must never log anything itself, nor read secrets.
+//! simply not exported; `OTEL_SDK_DISABLED=true` leaves the layer out (the bench measures the
+//! difference). This module must never log anything itself, nor read secrets.
 
 use std::io::IsTerminal;
 
@@ -36,7 +37,10 @@ pub fn init(default: &str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var("EVENTLINE_LOG").is_ok_and(|v| v == "json");
     let (provider, exporter_error) = tracer_provider();
-    let spans = tracing_opentelemetry::layer().with_tracer(provider.tracer("eventline"));
+    // OTel's own off switch: no spans made at all (messages still pass their context on).
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let spans = (!disabled)
+        .then(|| tracing_opentelemetry::layer().with_tracer(provider.tracer("eventline")));
     let registry = tracing_subscriber::registry().with(filter).with(spans);
     let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

@@ -178,6 +178,29 @@ async fn measure(
     .await?;
     let saturation = point(plan, system, progress, "saturation", &workload, None).await?;
 
+    // The cost of metrics and tracing: the same saturation point with both off, then on.
+    let mut observability = Vec::new();
+    for (on, label) in [
+        (false, "saturation, metrics+traces off"),
+        (true, "saturation, metrics+traces on"),
+    ] {
+        system.observe(Some(on));
+        within("starting the workers", SETUP_PATIENCE, system.start(base)).await?;
+        let workload = within(
+            "adding products",
+            SETUP_PATIENCE,
+            system.seed(if on { "obs1" } else { "obs0" }, plan.products, progress),
+        )
+        .await?;
+        observability.push(point(plan, system, progress, label, &workload, None).await?);
+    }
+    system.observe(None);
+    within("starting the workers", SETUP_PATIENCE, system.start(base)).await?;
+    let observability = report::Observability {
+        on: observability.pop().unwrap_or_default(),
+        off: observability.pop().unwrap_or_default(),
+    };
+
     let mut offered = Vec::new();
     for (i, fraction) in plan.offered_fractions.iter().enumerate() {
         let workload = within(
@@ -299,6 +322,7 @@ async fn measure(
         command: "catalog.reserve_stock",
         clients: plan.clients,
         saturation,
+        observability,
         offered,
         conflict_heavy,
         scaling,
@@ -426,7 +450,7 @@ async fn interrupted() -> &'static str {
 
 fn step_count(plan: &Plan) -> u64 {
     let raw = 4 + 5;
-    let e2e = 1 + plan.offered_fractions.len() + 1 + (plan.replicas.len() - 1) + 1 + 2 + 1;
+    let e2e = 1 + 2 + plan.offered_fractions.len() + 1 + (plan.replicas.len() - 1) + 1 + 2 + 1;
     (raw + e2e) as u64
 }
 
