@@ -69,8 +69,21 @@ pub fn stamped(message: &OutgoingMessage) -> Cow<'_, OutgoingMessage> {
     }
 }
 
+/// Links `span` to the span `trace` names: how a span that serves several messages (a batch's
+/// transaction) points at each of them without joining any one message's trace.
+pub fn link(span: &Span, trace: &TraceContext) {
+    if let Some(context) = span_context(trace) {
+        span.add_link(context);
+    }
+}
+
 /// The sender's span as a remote parent.
 fn remote_parent(trace: &TraceContext) -> Option<opentelemetry::Context> {
+    let context = span_context(trace)?;
+    Some(opentelemetry::Context::new().with_remote_span_context(context))
+}
+
+fn span_context(trace: &TraceContext) -> Option<SpanContext> {
     let trace_id = TraceId::from_hex(trace.trace_id()).ok()?;
     let span_id = SpanId::from_hex(trace.parent_span_id()).ok()?;
     let flags = if trace.sampled() {
@@ -83,8 +96,7 @@ fn remote_parent(trace: &TraceContext) -> Option<opentelemetry::Context> {
         .as_deref()
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
-    let context = SpanContext::new(trace_id, span_id, flags, true, state);
-    Some(opentelemetry::Context::new().with_remote_span_context(context))
+    Some(SpanContext::new(trace_id, span_id, flags, true, state))
 }
 
 #[cfg(test)]
