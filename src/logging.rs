@@ -1,31 +1,81 @@
-//! Log output for every `eventline` command: human-readable lines, or one JSON object per
-//! line with `EVENTLINE_LOG=json`, on stderr.
+//! Log and trace output for every `eventline` command: human-readable lines, or one JSON object
+//! per line with `EVENTLINE_LOG=json`, on stderr; and spans over OTLP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //!
 //! Colour codes are written only when stderr is a terminal: logs redirected to a file or
 //! collected by a container runtime stay plain text. JSON lines carry the current span and
 //! the list of enclosing spans, so each line names the message (message, correlation and
-//! causation ids, type, service, replica) it belongs to. This module must never log anything
-//! itself, nor read secrets.
+//! causation ids, type, service, replica, and its `trace_id` and `span_id`) it belongs to.
+//! The OpenTelemetry layer is always installed, so spans have W3C ids that messages carry
+//! across processes (`eventline_workers::runtime::propagation`); without an endpoint they are
+//! simply not exported; `OTEL_SDK_DISABLED=true` leaves the layer out (the bench measures the
+//! difference). This module must never log anything itself, nor read secrets.
 
 use std::io::IsTerminal;
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Flushes the spans not yet exported when dropped: keep it until the command ends.
+#[must_use = "dropping it at once would stop the span export"]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
 
 /// Installs the global subscriber: `RUST_LOG` if set, else `default` (e.g. `info,sqlx=warn`).
-pub fn init(default: &str) {
+pub fn init(default: &str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var("EVENTLINE_LOG").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (provider, exporter_error) = tracer_provider();
+    // OTel's own off switch: no spans made at all (messages still pass their context on).
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let spans = (!disabled)
+        .then(|| tracing_opentelemetry::layer().with_tracer(provider.tracer("eventline")));
+    let registry = tracing_subscriber::registry().with(filter).with(spans);
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     if json {
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
+        registry
+            .with(lines.json().with_current_span(true).with_span_list(true))
             .init();
     } else {
-        builder.init();
+        registry.with(lines).init();
     }
+    if let Some(error) = exporter_error {
+        tracing::warn!(%error, "cannot export spans over OTLP; check OTEL_EXPORTER_OTLP_ENDPOINT");
+    }
+    Telemetry { provider }
+}
+
+/// The tracer provider: exporting over OTLP/gRPC (batched, off the message path) when an
+/// endpoint is configured, else only giving spans their ids. `OTEL_SERVICE_NAME` names the
+/// process in the traces, `eventline` when unset.
+fn tracer_provider() -> (SdkTracerProvider, Option<String>) {
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("eventline");
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    let mut error = None;
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(e) => error = Some(e.to_string()),
+        }
+    }
+    (builder.build(), error)
 }

@@ -33,6 +33,14 @@ impl Supervisor {
         }
     }
 
+    /// Sets (or, with `None`, stops adding) one variable of the children started from now on.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
     }

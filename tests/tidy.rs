@@ -456,3 +456,70 @@ fn each_checker_catches_a_deliberately_bad_snippet() {
         "\n//! What this is for.\nuse std::fmt;\n"
     ));
 }
+
+// ---------------------------------------------------------------- the operator's dashboard
+
+/// Every `eventline_…` metric name in `text`, histogram series folded onto their metric.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("eventline_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.push(name.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The names `metrics.rs` exports (its `pub const NAME: &str = "eventline_…"` lines).
+fn exported_metrics(metrics_rs: &str) -> Vec<String> {
+    metrics_rs
+        .lines()
+        .filter(|l| l.trim_start().starts_with("pub const") && l.contains("\"eventline_"))
+        .flat_map(metric_names)
+        .collect()
+}
+
+#[test]
+fn metric_names_fold_histogram_series_onto_their_metric() {
+    assert_eq!(
+        metric_names(r#"rate(eventline_batch_size_bucket{x="1"}[1m]) / eventline_ready"#),
+        ["eventline_batch_size", "eventline_ready"]
+    );
+}
+
+/// A renamed metric would leave an empty panel, silently: the dashboard may query only
+/// what `metrics.rs` exports, and must query the message counts and the reader lag.
+#[test]
+fn the_dashboard_queries_only_metrics_that_metrics_rs_exports() {
+    let read = |path: &str| {
+        std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let exported = exported_metrics(&read("workers/src/runtime/metrics.rs"));
+    assert!(
+        exported.len() > 5,
+        "found no metric names in metrics.rs: {exported:?}"
+    );
+    let dashboard = "ops/grafana/dashboards/eventline.json";
+    let queried = metric_names(&read(dashboard));
+    let unknown: Vec<String> = queried
+        .iter()
+        .filter(|name| !exported.contains(name))
+        .map(|name| format!("{dashboard}: {name} is not exported by metrics.rs"))
+        .collect();
+    report("dashboard queries real metrics", unknown);
+    for needed in ["eventline_messages_total", "eventline_reader_lag_seconds"] {
+        assert!(
+            queried.iter().any(|q| q == needed),
+            "{dashboard} never shows {needed}"
+        );
+    }
+}

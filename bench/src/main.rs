@@ -44,6 +44,9 @@ use crate::report::{EndToEnd, LogGrowth, Meta, PointReport, Report};
 use crate::system::System;
 use crate::usage::UsageProbe;
 
+/// Off/on pairs of the observability-cost point.
+const OBSERVABILITY_ROUNDS: usize = 2;
+
 /// Products whose streams the log fill makes long.
 const LONG_STREAMS: u64 = 1000;
 
@@ -178,6 +181,46 @@ async fn measure(
     .await?;
     let saturation = point(plan, system, progress, "saturation", &workload, None).await?;
 
+    // The cost of metrics and tracing: the same saturation point with both off and on,
+    // alternated twice; the better of each pair counts, so one stall of the shared machine
+    // does not read as a cost (or a gain).
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for round in 0..OBSERVABILITY_ROUNDS {
+        for observe in [false, true] {
+            system.observe(Some(observe));
+            within("starting the workers", SETUP_PATIENCE, system.start(base)).await?;
+            let workload = within(
+                "adding products",
+                SETUP_PATIENCE,
+                system.seed(
+                    &format!("b{round}{}", u8::from(observe)),
+                    plan.products,
+                    progress,
+                ),
+            )
+            .await?;
+            let label = format!(
+                "saturation, metrics+traces {}",
+                if observe { "on" } else { "off" }
+            );
+            let measured = point(plan, system, progress, &label, &workload, None).await?;
+            if observe { &mut on } else { &mut off }.push(measured);
+        }
+    }
+    system.observe(None);
+    within("starting the workers", SETUP_PATIENCE, system.start(base)).await?;
+    let best = |points: Vec<PointReport>| {
+        points
+            .into_iter()
+            .max_by(|a, b| a.load.achieved_per_s.total_cmp(&b.load.achieved_per_s))
+            .unwrap_or_default()
+    };
+    let observability = report::Observability {
+        off: best(off),
+        on: best(on),
+    };
+
     let mut offered = Vec::new();
     for (i, fraction) in plan.offered_fractions.iter().enumerate() {
         let workload = within(
@@ -299,6 +342,7 @@ async fn measure(
         command: "catalog.reserve_stock",
         clients: plan.clients,
         saturation,
+        observability,
         offered,
         conflict_heavy,
         scaling,
@@ -426,7 +470,14 @@ async fn interrupted() -> &'static str {
 
 fn step_count(plan: &Plan) -> u64 {
     let raw = 4 + 5;
-    let e2e = 1 + plan.offered_fractions.len() + 1 + (plan.replicas.len() - 1) + 1 + 2 + 1;
+    let e2e = 1
+        + 2 * OBSERVABILITY_ROUNDS
+        + plan.offered_fractions.len()
+        + 1
+        + (plan.replicas.len() - 1)
+        + 1
+        + 2
+        + 1;
     (raw + e2e) as u64
 }
 

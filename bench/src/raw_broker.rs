@@ -128,6 +128,7 @@ impl Samples {
                 correlation_id: CorrelationId::new(),
                 causation_id: CausationId::new(),
                 recorded_by: "catalog-1".into(),
+                trace: None,
             },
             recorded_at: time::OffsetDateTime::now_utc(),
         };

@@ -126,6 +126,7 @@ impl Shape {
             correlation_id: CorrelationId::new(),
             causation_id: CausationId::new(),
             recorded_by: "catalog-1".into(),
+            trace: None,
         };
         let reply = Reply::Accepted {
             stream_id: ProductId::parse("s1-0042".into())

@@ -63,12 +63,33 @@ pub struct EndToEnd {
     pub command: &'static str,
     pub clients: usize,
     pub saturation: PointReport,
+    /// The saturation point again, with metrics and tracing off and then on.
+    pub observability: Observability,
     pub offered: Vec<PointReport>,
     pub conflict_heavy: PointReport,
     pub scaling: Vec<PointReport>,
     pub log_growth: LogGrowth,
     /// The whole order saga (orders, catalog, payments, relay), closed loop.
     pub saga: crate::saga::SagaReport,
+}
+
+/// Saturation with the metrics endpoint and per-message spans off, then on, in one run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Observability {
+    pub off: PointReport,
+    pub on: PointReport,
+}
+
+impl Observability {
+    /// Throughput lost by turning them on, in percent of the throughput without them.
+    pub fn cost_percent(&self) -> f64 {
+        let off = self.off.load.achieved_per_s;
+        if off > 0.0 {
+            (off - self.on.load.achieved_per_s) / off * 100.0
+        } else {
+            0.0
+        }
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -123,6 +144,13 @@ impl Report {
                 met: best.load.achieved_per_s >= 5000.0,
             });
         }
+        let cost = e2e.observability.cost_percent();
+        targets.push(Target {
+            name: "metrics + traces cost at saturation",
+            goal: "< 5% of throughput".into(),
+            measured: format!("{cost:.1}%"),
+            met: cost < 5.0,
+        });
         targets.push(Target {
             name: "full order saga",
             goal: ">= 1000 orders/s".into(),
@@ -252,7 +280,8 @@ impl Report {
             "errors",
             "confl"
         )?;
-        let mut rows: Vec<&PointReport> = vec![&e.saturation];
+        let mut rows: Vec<&PointReport> =
+            vec![&e.saturation, &e.observability.off, &e.observability.on];
         rows.extend(e.offered.iter());
         rows.push(&e.conflict_heavy);
         rows.extend(e.scaling.iter().skip(1));
@@ -290,6 +319,13 @@ impl Report {
             "  relay / projection behind the log when a point ended: at most {} / {} events",
             worst(|p| p.relay_lag),
             worst(|p| p.projection_lag)
+        )?;
+        writeln!(
+            out,
+            "  metrics + traces cost at saturation: {:.1}% of throughput ({:.0} -> {:.0} cmd/s; goal < 5%)",
+            e.observability.cost_percent(),
+            e.observability.off.load.achieved_per_s,
+            e.observability.on.load.achieved_per_s
         )?;
         let fill = &e.log_growth.fill;
         writeln!(

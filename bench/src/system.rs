@@ -147,6 +147,21 @@ impl System {
         })
     }
 
+    /// What the workers and relay started from now on observe: `Some(true)` serves metrics
+    /// (on a free loopback port each) and traces every message (spans made, not exported);
+    /// `Some(false)` neither (`OTEL_SDK_DISABLED`, no metrics address); `None` the defaults
+    /// (spans made, no metrics endpoint), as every other point runs.
+    pub fn observe(&mut self, on: Option<bool>) {
+        let (metrics, tracing_off) = match on {
+            Some(true) => (Some("127.0.0.1:0"), Some("false")),
+            Some(false) => (None, Some("true")),
+            None => (None, None),
+        };
+        self.supervisor
+            .set_env(eventline_workers::runtime::http::ADDRESS_VAR, metrics);
+        self.supervisor.set_env("OTEL_SDK_DISABLED", tracing_off);
+    }
+
     pub fn clients(&self) -> &[Arc<Client>] {
         &self.clients
     }

@@ -12,6 +12,7 @@
 //! | schema version  | `x-schema-version` header     |
 //! | occurred at     | `x-occurred-at` header (RFC 3339) |
 //! | reply address   | `reply_to` property (optional) |
+//! | trace context   | `traceparent`, `tracestate` headers (W3C, optional; see [`crate::trace`]) |
 //!
 //! [`IncomingMessage`] is what a transport hands over, unvalidated; [`IncomingMessage::decode`]
 //! turns it into [`Metadata`] plus a typed message or a [`DecodeError`] saying what is wrong.
@@ -23,6 +24,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::ids::{CausationId, CorrelationId, MessageId};
+use crate::trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContext};
 use crate::{Contract, MAX_BODY_BYTES, SCHEMA_VERSION};
 
 /// Header names. Property names are AMQP's own.
@@ -64,6 +66,10 @@ pub struct Metadata {
     pub schema_version: u16,
     pub occurred_at: OffsetDateTime,
     pub reply_to: Option<String>,
+    /// The W3C trace context: which trace this message belongs to and which span sent it.
+    /// The runtime replaces an incoming one with its handling span's before a handler sees it,
+    /// so everything the handler causes names that span as its parent.
+    pub trace: Option<TraceContext>,
 }
 
 impl Metadata {
@@ -79,6 +85,7 @@ impl Metadata {
             schema_version: SCHEMA_VERSION,
             occurred_at: OffsetDateTime::now_utc(),
             reply_to: None,
+            trace: None,
         }
     }
 
@@ -92,6 +99,7 @@ impl Metadata {
             schema_version: SCHEMA_VERSION,
             occurred_at: OffsetDateTime::now_utc(),
             reply_to: None,
+            trace: cause.trace.clone(),
         }
     }
 
@@ -103,7 +111,7 @@ impl Metadata {
 
     /// The headers this envelope puts on the wire, besides AMQP's own properties.
     pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
-        vec![
+        let mut all = vec![
             (
                 headers::CAUSATION_ID,
                 HeaderValue::Text(self.causation_id.to_string()),
@@ -116,7 +124,17 @@ impl Metadata {
                 headers::OCCURRED_AT,
                 HeaderValue::Text(self.occurred_at.format(&Rfc3339).unwrap_or_default()),
             ),
-        ]
+        ];
+        if let Some(trace) = &self.trace {
+            all.push((
+                TRACEPARENT_HEADER,
+                HeaderValue::Text(trace.traceparent.clone()),
+            ));
+            if let Some(state) = &trace.tracestate {
+                all.push((TRACESTATE_HEADER, HeaderValue::Text(state.clone())));
+            }
+        }
+        all
     }
 }
 
@@ -213,7 +231,17 @@ impl IncomingMessage {
             schema_version,
             occurred_at,
             reply_to: self.reply_to.clone().filter(|r| !r.is_empty()),
+            trace: self.trace(),
         })
+    }
+
+    /// The trace context the sender put on the message, if it is a well-formed one.
+    fn trace(&self) -> Option<TraceContext> {
+        let text = |name| match self.headers.get(name) {
+            Some(HeaderValue::Text(text)) => Some(text.as_str()),
+            _ => None,
+        };
+        TraceContext::parse(text(TRACEPARENT_HEADER)?, text(TRACESTATE_HEADER))
     }
 
     /// Validates the size, the envelope, the content type and the body, in that order.

@@ -22,6 +22,7 @@ pub mod payments;
 pub mod reply;
 pub mod schema;
 pub mod topology;
+pub mod trace;
 pub mod values;
 
 pub use envelope::{DecodeError, IncomingMessage, Metadata, OutgoingMessage};

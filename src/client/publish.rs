@@ -6,7 +6,7 @@ use eventline_events::envelope::HeaderValue;
 use eventline_events::topology::is_query;
 use eventline_events::{Contract, MessageId, Metadata, OutgoingMessage, Service};
 use eventline_workers::runtime::broker;
-use eventline_workers::runtime::token;
+use eventline_workers::runtime::{propagation, token};
 
 use super::{Client, ClientError, service_of};
 
@@ -21,6 +21,8 @@ impl Client {
     /// Publishes a prepared message to the service its type names, with a confirm.
     pub async fn publish(&self, message: &OutgoingMessage) -> Result<(), ClientError> {
         let service = service_of(&message.metadata.message_type)?;
+        let traced = propagation::stamped(message);
+        let message = traced.as_ref();
         let with_token;
         let message = if self.token.is_some() || self.saga_key.is_some() {
             let mut m = message.clone();

@@ -25,6 +25,7 @@ fn test_metadata() -> EventMetadata {
         correlation_id: eventline_events::CorrelationId::new(),
         causation_id: eventline_events::CausationId::new(),
         recorded_by: "test".into(),
+        trace: None,
     }
 }
 

@@ -1,22 +1,29 @@
 //! The observability endpoint tells the truth: the metrics a workload leaves behind match
 //! what it sent, readiness follows the broker link down and up again, and `eventline status`
-//! reports the replicas, dead letters and lag it finds.
+//! reports the replicas, dead letters and lag it finds; one order is one trace across the
+//! services, with each span's parent the span that handled its cause.
 //!
 //! Every system in this binary shares one process-global metrics recorder; each test reads
 //! only the series labelled with its own namespace.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use eventline::chaos::proxy::Proxy;
+use eventline::client::parse_order;
+use eventline_events::auth::Role;
 use eventline_events::catalog::{CatalogCommand, Restock};
 use eventline_events::values::{OrderId, Quantity};
 use eventline_events::{Metadata, OutgoingMessage, Reply, Service};
 use eventline_workers::runtime::http;
 use eventline_workers::runtime::{broker, metrics};
 use lapin::BasicProperties;
+use opentelemetry::trace::{SpanId, TraceContextExt};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::support::{TestSystem, eventually, product};
+use crate::support::{PATIENCE, TestSystem, eventually, product, spans};
 
 /// The sum of every sample of `name` whose labels include all of `labels`.
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -337,5 +344,101 @@ async fn status_reports_replicas_dead_letters_and_what_is_unhealthy() {
         minute.events.contains(&("catalog".to_owned(), 1)),
         "{minute:?}"
     );
+    system.stop().await;
+}
+
+/// One order is one trace: every span that carries the order's correlation id (each message
+/// a worker handled, each event the relay published) has the trace id of the span the client
+/// placed it in, and each one's parent is the span that handled its cause: the client's span
+/// for the order itself, else the span whose message id is its causation id.
+#[tokio::test]
+async fn every_span_of_one_order_shares_its_trace_and_each_parent_is_its_cause() {
+    let system = TestSystem::with_all_services(1).await;
+    system.add_product("tea", 10).await;
+    let shopper = system
+        .client_with_token(Some(system.token(Role::Customer, Duration::from_secs(600))))
+        .await;
+    let order = parse_order(&["tea:2".to_owned()], "tok_visa").unwrap();
+    let correlation = order.order_id.to_string();
+    spans::watch(&correlation);
+
+    let placed_in = tracing::info_span!("test order");
+    let client_span = placed_in.context().span().span_context().clone();
+    let outcome = shopper
+        .place_order(&order, PATIENCE)
+        .instrument(placed_in.clone())
+        .await
+        .expect("an outcome");
+    assert_eq!(outcome.status, "confirmed", "{outcome}");
+    system.wait_until_settled().await;
+
+    // Handled by orders, catalog and payments, and events published by the relay, up to the
+    // confirmation (the order's timer may still be waiting: it is not required).
+    let spans = eventually(
+        "the order's spans in every service and the relay",
+        || async {
+            let spans = spans::finished(&correlation);
+            let seen: BTreeSet<String> = spans
+                .iter()
+                .map(|s| {
+                    let name = s.name.to_string();
+                    let service = spans::attribute(s, "service").unwrap_or_default();
+                    let kind = spans::attribute(s, "message_type").unwrap_or_default();
+                    format!("{name}:{service}:{kind}")
+                })
+                .collect();
+            let wanted = [
+                "message:orders:orders.place_order",
+                "message:catalog:catalog.reserve_stock",
+                "message:payments:payments.charge_payment",
+                "message:catalog:catalog.commit_reservation",
+                "relay::orders.order_confirmed",
+            ];
+            if wanted.iter().all(|w| seen.contains(*w)) {
+                Ok(spans)
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+
+    let mut handled_by: HashMap<String, Vec<SpanId>> = HashMap::new();
+    for span in &spans {
+        assert_eq!(
+            span.span_context.trace_id(),
+            client_span.trace_id(),
+            "span {} ({:?}) is in another trace",
+            span.name,
+            spans::attribute(span, "message_type")
+        );
+        if let Some(id) = spans::attribute(span, "message_id") {
+            handled_by
+                .entry(id)
+                .or_default()
+                .push(span.span_context.span_id());
+        }
+    }
+    for span in &spans {
+        let id = spans::attribute(span, "message_id").unwrap_or_default();
+        let causation = spans::attribute(span, "causation_id").unwrap_or_default();
+        let what = format!(
+            "{} {:?} (message {id}, caused by {causation})",
+            span.name,
+            spans::attribute(span, "message_type")
+        );
+        if id == causation {
+            assert_eq!(span.parent_span_id, client_span.span_id(), "{what}");
+        } else {
+            let parents = handled_by
+                .get(&causation)
+                .unwrap_or_else(|| panic!("no span handled the cause of {what}"));
+            assert!(
+                parents.contains(&span.parent_span_id),
+                "{what}: its parent {} is not a span of its cause {parents:?}",
+                span.parent_span_id
+            );
+        }
+    }
     system.stop().await;
 }

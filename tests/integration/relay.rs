@@ -25,6 +25,7 @@ pub(crate) async fn open_append(system: &TestSystem, stream: &str) -> CommandTx 
         correlation_id: eventline_events::CorrelationId::new(),
         causation_id: eventline_events::CausationId::new(),
         recorded_by: "test".into(),
+        trace: None,
     };
     let event = NewEvent {
         event_id: EventId::new(),

@@ -160,7 +160,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let server_role = matches!(cli.command, Command::Worker(_) | Command::Relay);
-    telemetry::init(if server_role {
+    let _telemetry = telemetry::init(if server_role {
         "info,sqlx=warn"
     } else {
         "warn,sqlx=error,lapin=off"

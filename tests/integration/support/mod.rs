@@ -12,6 +12,7 @@
 
 mod infra;
 pub mod sabotage;
+pub mod spans;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -77,10 +78,7 @@ impl TestSystem {
     /// connected client. No workers yet.
     pub async fn start() -> Self {
         // `TEST_LOG=debug cargo test …` shows the in-process workers' logs.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
-            .with_test_writer()
-            .try_init();
+        spans::install();
         let services = services().await;
         let id = uuid::Uuid::now_v7().simple().to_string();
         let namespace = Namespace::parse(&format!("t-{}", &id[20..])).unwrap();

@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use eventline_events::trace::TraceContext;
 use eventline_events::values::StreamId;
 use eventline_events::{CausationId, Contract, CorrelationId, MessageId, Metadata, Reply, Service};
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,11 @@ pub struct Dispatch {
     /// re-sent step carries the same credential. Absent in outputs stored before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// The span that dispatched it (the handling span of `cause`), so the step continues the
+    /// order's trace even when a redelivery re-sends it from the inbox row. Absent in outputs
+    /// stored before it existed, and when the sender was not traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 impl Dispatch {
@@ -93,6 +99,7 @@ impl Dispatch {
             body: command.to_json(),
             wants_reply: true,
             credential: None,
+            trace: cause.trace.clone(),
         }
     }
 

@@ -192,6 +192,7 @@ mod tests {
                 correlation_id: CorrelationId::new(),
                 causation_id: CausationId::new(),
                 recorded_by: "test".into(),
+                trace: None,
             },
             recorded_at: time::OffsetDateTime::UNIX_EPOCH,
         }

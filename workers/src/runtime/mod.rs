@@ -20,6 +20,7 @@ pub mod inbox;
 pub mod log_reader;
 pub mod metrics;
 pub mod projection;
+pub mod propagation;
 pub mod readiness;
 pub mod redact;
 pub mod relay;

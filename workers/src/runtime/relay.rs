@@ -17,13 +17,14 @@ use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use sqlx::Connection;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, info_span};
 
 use super::backoff;
 use super::broker::{self, BrokerError};
 use super::config::Config;
 use super::log_reader::{HOLE_POLL_INTERVAL, LogReader};
 use super::metrics::{self, Peer, Publisher};
+use super::propagation;
 use super::readiness;
 use super::shutdown::Shutdown;
 use super::store::{EventStore, RecordedEvent, StoreError, save_checkpoint};
@@ -173,7 +174,8 @@ impl Relay {
             // Pipelined: publish the whole batch, then wait for every confirm, in order.
             let mut confirms = Vec::with_capacity(batch.len());
             for event in &batch {
-                let message = outgoing(event);
+                let mut message = outgoing(event);
+                traced(&mut message);
                 let confirm = channel
                     .basic_publish(
                         exchange.as_str().into(),
@@ -211,6 +213,27 @@ impl Relay {
     }
 }
 
+/// Publishing an event is a span in the trace of the message that recorded it (its parent is
+/// that message's handling span, stored with the event), and the event names it as its
+/// sender. Events recorded untraced get no span: a root span per event would be a trace of
+/// one span each.
+fn traced(message: &mut OutgoingMessage) {
+    let Some(recorded_in) = message.metadata.trace.take() else {
+        return;
+    };
+    let metadata = &message.metadata;
+    let span = info_span!(
+        "relay",
+        message_id = %metadata.message_id,
+        correlation_id = %metadata.correlation_id,
+        causation_id = %metadata.causation_id,
+        message_type = %metadata.message_type,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    message.metadata.trace = propagation::continue_trace(&span, Some(&recorded_in));
+}
+
 /// An event as a message on the events exchange. Its message id is its event id, so consumers
 /// deduplicate re-published events with the same inbox that dedupes commands.
 pub fn outgoing(event: &RecordedEvent) -> OutgoingMessage {
@@ -222,6 +245,7 @@ pub fn outgoing(event: &RecordedEvent) -> OutgoingMessage {
         schema_version: u16::try_from(event.schema_version).unwrap_or(SCHEMA_VERSION),
         occurred_at: event.recorded_at,
         reply_to: None,
+        trace: event.metadata.trace.clone(),
     };
     OutgoingMessage {
         metadata,

@@ -48,6 +48,7 @@ use super::broker::{self, BrokerError, DeclaredQueues};
 use super::config::Config;
 use super::handler::{Dispatch, Handler, Input};
 use super::metrics;
+use super::propagation;
 use super::readiness;
 use super::settle::Failure;
 use super::shutdown::Shutdown;
@@ -278,7 +279,7 @@ impl<H: Handler> CommandWorker<H> {
     /// Decodes a delivery and opens its span.
     fn receive(&self, queue: Arc<str>, mut delivery: Delivery) -> Received<H::Command> {
         let message = broker::incoming(&delivery.properties, std::mem::take(&mut delivery.data));
-        let metadata = message.metadata().ok();
+        let mut metadata = message.metadata().ok();
         let span = info_span!(
             "message",
             service = %H::SERVICE,
@@ -288,9 +289,18 @@ impl<H: Handler> CommandWorker<H> {
             causation_id = metadata.as_ref().map(|m| m.causation_id.to_string()).unwrap_or_default(),
             message_type = message.message_type.as_deref().unwrap_or("?"),
             redelivered = delivery.redelivered,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        // From here on the message's trace context names this span: whatever handling it
+        // causes (steps, replies, events) is its child.
+        let trace =
+            propagation::continue_trace(&span, metadata.as_ref().and_then(|m| m.trace.as_ref()));
+        if let Some(metadata) = &mut metadata {
+            metadata.trace = trace.clone();
+        }
         let mut verified_step = false;
-        let (command, outcome) = match message.decode::<H::Command>() {
+        let (mut command, outcome) = match message.decode::<H::Command>() {
             // Checked before the inbox claim: a forged step must not take the real step's id.
             Ok(decoded) => match self.authorize(&message, &decoded) {
                 Ok(step) => {
@@ -313,6 +323,9 @@ impl<H: Handler> CommandWorker<H> {
                 })),
             ),
         };
+        if let Some((metadata, _)) = &mut command {
+            metadata.trace = trace;
+        }
         let principal = self.principal(&message);
         Received {
             delivery,

@@ -1,6 +1,7 @@
 //! An event going into the log ([`NewEvent`], with its [`EventMetadata`]) and coming out of it
 //! ([`RecordedEvent`]). Types and one row decoder; no statement runs here.
 
+use eventline_events::trace::TraceContext;
 use eventline_events::values::StreamId;
 use eventline_events::{CausationId, CorrelationId, EventId};
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,10 @@ pub struct EventMetadata {
     pub causation_id: CausationId,
     /// The worker replica that recorded it.
     pub recorded_by: String,
+    /// The span that recorded it, so the relay, later and in another process, publishes the
+    /// event in the trace of the message that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 impl EventMetadata {
@@ -25,6 +30,7 @@ impl EventMetadata {
             correlation_id: ctx.metadata.correlation_id,
             causation_id: ctx.metadata.message_id.into(),
             recorded_by: ctx.config.replica.clone(),
+            trace: ctx.metadata.trace.clone(),
         }
     }
 }

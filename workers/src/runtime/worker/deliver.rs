@@ -154,6 +154,7 @@ impl<H: Handler> CommandWorker<H> {
                 schema_version: SCHEMA_VERSION,
                 occurred_at: time::OffsetDateTime::now_utc(),
                 reply_to: None,
+                trace: d.trace.clone(),
             };
             if d.wants_reply {
                 metadata.reply_to = Some(self.topology.reply_queue(H::SERVICE));

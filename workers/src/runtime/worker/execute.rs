@@ -20,6 +20,7 @@ use crate::runtime::handler::{
 };
 use crate::runtime::inbox::Digest;
 use crate::runtime::metrics;
+use crate::runtime::propagation;
 use crate::runtime::settle::Failure;
 use crate::runtime::store::{BatchClaim, CommandTx, StoreError};
 
@@ -149,6 +150,12 @@ impl<H: Handler> CommandWorker<H> {
         let (indexes, batch): (Vec<usize>, Vec<(Context<'_>, &H::Command)>) =
             new.into_iter().unzip();
         let span = info_span!("batch", service = %H::SERVICE, size = batch.len());
+        for trace in batch
+            .iter()
+            .filter_map(|(ctx, _)| ctx.metadata.trace.as_ref())
+        {
+            propagation::link(&span, trace);
+        }
         let handled = match tokio::time::timeout(
             MAX_TRANSACTION,
             self.handler.handle_batch(&mut tx, &batch).instrument(span),
