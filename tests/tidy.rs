@@ -342,6 +342,22 @@ const IO_EXEMPT: &[(&str, &str)] = &[(
 )];
 
 #[test]
+fn the_store_knows_nothing_of_handlers() {
+    // The store is below the handlers: handlers use it, never the other way round, so the
+    // store can be read, tested and replaced without the runtime above it.
+    let mut violations = Vec::new();
+    for (path, text) in rust_files("workers/src/runtime/store") {
+        for line in matching_lines(
+            &text,
+            &["handler::", "super::handler", "super::super::handler"],
+        ) {
+            violations.push(format!("{path}:{line}"));
+        }
+    }
+    report("the store names the handler module", violations);
+}
+
+#[test]
 fn no_service_reaches_for_the_broker_or_a_pool() {
     let mut violations = Vec::new();
     // Each service's own folder; services/mod.rs is the wiring that starts them.

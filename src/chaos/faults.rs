@@ -216,8 +216,20 @@ async fn pg_ctlcluster(targets: &Targets<'_>, action: &str) -> anyhow::Result<()
             "main".to_owned(),
         ),
     };
-    let output = tokio::process::Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, &name, action])
+    // Through a shell that first closes every descriptor but the standard three: the server
+    // that `restart` starts outlives this process, and would otherwise keep whatever this
+    // process inherited — the services lock the developers' guide runs chaos under
+    // (`flock`), held by PostgreSQL for good.
+    let output = tokio::process::Command::new("bash")
+        .args([
+            "-c",
+            r#"for fd in /proc/self/fd/*; do fd=${fd##*/}; if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi; done; exec pg_ctlcluster "$@""#,
+            "pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            &version,
+            &name,
+            action,
+        ])
         .output()
         .await
         .context("running pg_ctlcluster")?;

@@ -270,7 +270,7 @@ impl<A: Aggregate> Handler for AggregateHandler<A> {
             }
             let metadata: Vec<EventMetadata> = decided
                 .iter()
-                .map(|d| EventMetadata::for_command(&batch[d.index].0))
+                .map(|d| batch[d.index].0.event_metadata())
                 .collect();
             let appends: Vec<Append<'_>> = decided
                 .iter()
@@ -334,13 +334,8 @@ pub async fn append_events<E: Contract>(
     events: &[E],
 ) -> Result<Vec<NewEvent>, StoreError> {
     let new_events = new_events(events);
-    tx.append(
-        stream_id,
-        version,
-        &new_events,
-        &EventMetadata::for_command(ctx),
-    )
-    .await?;
+    tx.append(stream_id, version, &new_events, &ctx.event_metadata())
+        .await?;
     Ok(new_events)
 }
 

@@ -16,7 +16,7 @@ use eventline_events::{CausationId, Contract, CorrelationId, MessageId, Metadata
 use serde::{Deserialize, Serialize};
 
 use super::config::{Config, SagaKeys};
-use super::store::{CommandTx, EventStore, StoreError};
+use super::store::{CommandTx, EventMetadata, EventStore, StoreError};
 use super::token::{Principal, TokenError};
 
 /// What a handler knows about the message besides its body.
@@ -25,6 +25,19 @@ pub struct Context<'a> {
     /// The sender, from the `x-auth-token` header, or why there is none.
     pub principal: &'a Result<Principal, TokenError>,
     pub config: &'a Config,
+}
+
+impl Context<'_> {
+    /// Metadata for events recorded while handling this message. Here rather than in the
+    /// store, so that the store knows nothing of handlers (the dependency runs one way).
+    pub fn event_metadata(&self) -> EventMetadata {
+        EventMetadata {
+            correlation_id: self.metadata.correlation_id,
+            causation_id: self.metadata.message_id.into(),
+            recorded_by: self.config.replica.clone(),
+            trace: self.metadata.trace.clone(),
+        }
+    }
 }
 
 /// A handler's result, committed atomically with the inbox row.

@@ -23,18 +23,6 @@ pub struct EventMetadata {
     pub trace: Option<TraceContext>,
 }
 
-impl EventMetadata {
-    /// Metadata for events recorded while handling the message in `ctx`.
-    pub fn for_command(ctx: &crate::runtime::handler::Context<'_>) -> Self {
-        Self {
-            correlation_id: ctx.metadata.correlation_id,
-            causation_id: ctx.metadata.message_id.into(),
-            recorded_by: ctx.config.replica.clone(),
-            trace: ctx.metadata.trace.clone(),
-        }
-    }
-}
-
 /// An event about to be appended.
 #[derive(Clone, Debug)]
 pub struct NewEvent {
