@@ -86,15 +86,26 @@ impl EventStore {
     }
 
     /// Fails with a [`StoreError::Connect`] naming `url` if no connection can be made.
+    ///
+    /// A process's first connection may take longer than the pool's short acquire timeout
+    /// on a loaded server (a fresh backend, TLS, authentication); that timeout is for messages
+    /// meeting a database that is away, not for starting up, so a timed-out first attempt is
+    /// tried again a few times before this gives up. Any other error is final at once.
     pub async fn check(&self, url: &SecretUrl) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|source| StoreError::Connect {
-                url: url.to_string(),
-                source,
-            })
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            match sqlx::query("SELECT 1").execute(&self.pool).await {
+                Ok(_) => return Ok(()),
+                Err(sqlx::Error::PoolTimedOut) if attempt < ATTEMPTS => attempt += 1,
+                Err(source) => {
+                    return Err(StoreError::Connect {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
