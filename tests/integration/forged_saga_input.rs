@@ -79,26 +79,14 @@ async fn status_after_forged_replies(system: &TestSystem, forgers: &[Forger]) ->
 
 /// Waits until orders' dead-letter queue holds `n` `forbidden` replies, and returns them.
 async fn forbidden_replies(system: &TestSystem, n: usize) -> Vec<eventline::client::DeadLetter> {
-    eventually(
-        "the forged replies in orders' dead-letter queue",
-        || async {
-            let letters = system
-                .client
-                .dead_letters(Service::Orders, 100)
-                .await
-                .map_err(|e| e.to_string())?;
-            let forbidden: Vec<_> = letters
-                .into_iter()
-                .filter(|l| l.code == "forbidden" && l.message_type.as_deref() == Some(REPLY_TYPE))
-                .collect();
-            if forbidden.len() == n {
-                Ok(forbidden)
-            } else {
-                Err(format!("{} forbidden replies", forbidden.len()))
-            }
-        },
-    )
-    .await
+    system
+        .wait_for_dead_letters_where(
+            "the forged replies in orders' dead-letter queue",
+            Service::Orders,
+            n,
+            |l| l.code == "forbidden" && l.message_type.as_deref() == Some(REPLY_TYPE),
+        )
+        .await
 }
 
 #[tokio::test]

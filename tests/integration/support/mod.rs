@@ -378,12 +378,27 @@ impl TestSystem {
         service: Service,
         n: usize,
     ) -> Vec<DeadLetter> {
+        self.wait_for_dead_letters_where(what, service, n, |_| true)
+            .await
+    }
+
+    /// Waits until exactly `n` of `service`'s dead letters are ones `keep` keeps; returns them.
+    pub async fn wait_for_dead_letters_where(
+        &self,
+        what: &str,
+        service: Service,
+        n: usize,
+        keep: impl Fn(&DeadLetter) -> bool,
+    ) -> Vec<DeadLetter> {
         eventually(what, || async {
-            let letters = self
+            let letters: Vec<DeadLetter> = self
                 .client
-                .dead_letters(service, 10)
+                .dead_letters(service, 100)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|l| keep(l))
+                .collect();
             if letters.len() == n {
                 Ok(letters)
             } else {
