@@ -1,7 +1,8 @@
 //! eventline's broker side, shared by the client and the workers: [`broker`] (connecting,
 //! declaring the topology, publishing with confirms, consuming, and every AMQP property and
-//! field table), [`SecretUrl`] (a URL that never shows its password), and [`credential`]
-//! (signing the service credentials of saga steps and their replies).
+//! field table), [`SecretUrl`] (a URL that never shows its password), [`credential`]
+//! (signing the service credentials of saga steps and their replies), and [`propagation`]
+//! (a message's W3C trace context ↔ its `tracing` span).
 //!
 //! It holds what an application that embeds the client needs and nothing more: no database,
 //! no HTTP server, no metrics, so the client crate pulls none of the workers' dependencies.
@@ -9,6 +10,7 @@
 
 pub mod broker;
 pub mod credential;
+pub mod propagation;
 mod secret_url;
 
 pub use secret_url::SecretUrl;

@@ -20,7 +20,6 @@ pub mod inbox;
 pub mod log_reader;
 pub mod metrics;
 pub mod projection;
-pub mod propagation;
 pub mod readiness;
 pub mod redact;
 pub mod relay;
@@ -34,5 +33,7 @@ pub mod worker;
 
 pub use aggregate::{Aggregate, AggregateHandler, RejectionReason, State};
 pub use config::{Config, ConfigError, RetryPolicy, SecretUrl};
+/// Trace context across processes, shared with the client: `eventline_amqp::propagation`.
+pub use eventline_amqp::propagation;
 pub use handler::{Context, Dispatch, Handled, Handler, HandlerError};
 pub use shutdown::Shutdown;
