@@ -33,7 +33,8 @@ pub mod worker;
 
 pub use aggregate::{Aggregate, AggregateHandler, RejectionReason, State};
 pub use config::{Config, ConfigError, RetryPolicy, SecretUrl};
-/// Trace context across processes, shared with the client: `eventline_amqp::propagation`.
-pub use eventline_amqp::propagation;
 pub use handler::{Context, Dispatch, Handled, Handler, HandlerError};
 pub use shutdown::Shutdown;
+
+/// Trace context across processes, shared with the client: `eventline_amqp::propagation`.
+pub use eventline_amqp::propagation;
