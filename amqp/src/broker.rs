@@ -8,7 +8,8 @@
 //! [`eventline_events::Topology`], never from string literals here. It must never decide what
 //! happens to a message: the workers' `settle` does.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use eventline_events::auth::TOKEN_HEADER;
 use eventline_events::envelope::{CONTENT_TYPE_JSON, HeaderValue, headers};
@@ -444,6 +445,17 @@ pub fn properties(message: &OutgoingMessage) -> BasicProperties {
     properties
 }
 
+/// Who hears how long each confirm took: set once per process (the workers' metrics, when
+/// they are installed), so this crate measures without depending on a metrics crate.
+static CONFIRM_OBSERVER: OnceLock<fn(Duration)> = OnceLock::new();
+
+/// Has every later [`publish_confirmed`] in this process report its wait for the confirm
+/// (once the broker answered, with a nack or a return too) to `observer`. The first
+/// observer stays.
+pub fn observe_confirms(observer: fn(Duration)) {
+    let _ = CONFIRM_OBSERVER.set(observer);
+}
+
 /// Publishes on a confirm channel and waits for the broker's confirm.
 ///
 /// Always `mandatory`: a message no queue would take is returned and reported as
@@ -455,6 +467,7 @@ pub async fn publish_confirmed(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), BrokerError> {
+    let started = Instant::now();
     let confirm = channel
         .basic_publish(
             exchange.into(),
@@ -468,6 +481,9 @@ pub async fn publish_confirmed(
         )
         .await?
         .await?;
+    if let Some(observe) = CONFIRM_OBSERVER.get() {
+        observe(started.elapsed());
+    }
     match confirm {
         Confirmation::Nack(_) => Err(BrokerError::Nacked {
             exchange: exchange.to_owned(),

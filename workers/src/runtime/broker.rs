@@ -1,6 +1,6 @@
 //! The broker side of the runtime: the helpers shared with the client ([`eventline_amqp::broker`],
-//! re-exported here at their old paths), publishing timed for the metrics, and [`carry_out`],
-//! which carries out a worker's [`Settlement`].
+//! re-exported here at their old paths), and [`carry_out`], which carries out a worker's
+//! [`Settlement`].
 //!
 //! Every AMQP property, field table, ack and nack is built in `eventline_amqp::broker`; this
 //! module only picks which, and the names come from [`eventline_events::Topology`]. It must
@@ -9,47 +9,13 @@
 use std::future::Future;
 
 use eventline_events::envelope::headers;
-use eventline_events::{OutgoingMessage, Service, Topology};
+use eventline_events::{Service, Topology};
+use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::{BasicProperties, Channel};
 
 pub use eventline_amqp::broker::*;
 
 use super::settle::Settlement;
-
-/// Publishes on a confirm channel and waits for the broker's confirm
-/// ([`eventline_amqp::broker::publish_confirmed`]), recording the wait.
-pub async fn publish_confirmed(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<(), BrokerError> {
-    let started = std::time::Instant::now();
-    let published =
-        eventline_amqp::broker::publish_confirmed(channel, exchange, routing_key, body, properties)
-            .await;
-    super::metrics::confirm_waited(super::metrics::Publisher::Message, started.elapsed());
-    published
-}
-
-/// Publishes a contract message and waits for the confirm.
-pub async fn publish_message(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    message: &OutgoingMessage,
-) -> Result<(), BrokerError> {
-    publish_confirmed(
-        channel,
-        exchange,
-        routing_key,
-        &message.body,
-        properties(message),
-    )
-    .await
-}
 
 /// Where a worker's settlements go, besides the delivery's own channel.
 pub struct SettleRoute<'a> {
