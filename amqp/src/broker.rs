@@ -8,6 +8,7 @@
 //! [`eventline_events::Topology`], never from string literals here. It must never decide what
 //! happens to a message: the workers' `settle` does.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -570,12 +571,7 @@ pub fn dead_letter_properties(
     properties: &BasicProperties,
     fields: &[(&str, &str)],
 ) -> BasicProperties {
-    let mut table = properties
-        .headers()
-        .clone()
-        .unwrap_or_default()
-        .inner()
-        .clone();
+    let mut table = headers_of(properties);
     // A dead letter is read by operators: it must not carry a usable session token.
     table.remove(TOKEN_HEADER);
     for (name, value) in fields {
@@ -699,16 +695,20 @@ pub async fn bind_to_events(
     Ok(())
 }
 
+/// A copy of a message's headers, to edit before they go on another message's properties.
+fn headers_of(properties: &BasicProperties) -> BTreeMap<ShortString, AMQPValue> {
+    properties
+        .headers()
+        .as_ref()
+        .map(|table| table.inner().clone())
+        .unwrap_or_default()
+}
+
 /// A dead letter's properties for its re-drive: the original message's, without what
 /// dead-lettering, retries and the broker's bookkeeping added, with `token` (if any) as its
 /// session token.
 pub fn redrive_properties(properties: &BasicProperties, token: Option<&str>) -> BasicProperties {
-    let mut table = properties
-        .headers()
-        .clone()
-        .unwrap_or_default()
-        .inner()
-        .clone();
+    let mut table = headers_of(properties);
     table.retain(|name, _| {
         let name = name.as_str();
         ![
