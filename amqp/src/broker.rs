@@ -752,3 +752,91 @@ pub async fn declare_event_tap(
         .await?;
     bind_to_events(channel, topology, queue, "#").await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A delivery's properties as a client sent them: an id, a causation header, a token.
+    fn sent() -> BasicProperties {
+        let mut table = FieldTable::default();
+        table.insert(TOKEN_HEADER.into(), text("the-session-token"));
+        table.insert(headers::CAUSATION_ID.into(), text("cause-1"));
+        BasicProperties::default()
+            .with_message_id("message-1".into())
+            .with_headers(table)
+    }
+
+    fn header(properties: &BasicProperties, name: &str) -> Option<HeaderValue> {
+        incoming(properties, Vec::new()).headers.get(name).cloned()
+    }
+
+    #[test]
+    fn a_retry_keeps_the_message_and_counts_its_round_and_expires_after_its_delay() {
+        let retry = retry_properties(&sent(), 3, Duration::from_millis(1500));
+        assert_eq!(
+            retry.expiration().as_ref().map(ShortString::as_str),
+            Some("1500")
+        );
+        assert_eq!(
+            header(&retry, headers::RETRY_COUNT),
+            Some(HeaderValue::Int(3))
+        );
+        assert_eq!(
+            header(&retry, TOKEN_HEADER),
+            Some(HeaderValue::Text("the-session-token".into())),
+            "a retried command still needs its token"
+        );
+        assert_eq!(
+            retry.message_id().as_ref().map(ShortString::as_str),
+            Some("message-1")
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_drops_the_token_and_keeps_its_reason_readable() {
+        let long = "x".repeat(5000);
+        let letter = dead_letter_properties(
+            &sent(),
+            &[
+                (headers::DEAD_LETTER_CODE, "invalid_body"),
+                (headers::DEAD_LETTER_REASON, &long),
+            ],
+        );
+        assert_eq!(header(&letter, TOKEN_HEADER), None);
+        assert_eq!(
+            header(&letter, headers::DEAD_LETTER_CODE),
+            Some(HeaderValue::Text("invalid_body".into()))
+        );
+        assert_eq!(
+            header(&letter, headers::DEAD_LETTER_REASON),
+            Some(HeaderValue::Text("x".repeat(1000)))
+        );
+        assert_eq!(
+            header(&letter, headers::CAUSATION_ID),
+            Some(HeaderValue::Text("cause-1".into()))
+        );
+    }
+
+    #[test]
+    fn a_redrive_drops_what_dead_lettering_added_and_carries_the_new_token() {
+        let letter = dead_letter_properties(
+            &sent(),
+            &[
+                (headers::DEAD_LETTER_CODE, "retries_exhausted"),
+                (headers::ORIGINAL_QUEUE, "the-queue"),
+            ],
+        );
+        let redriven = redrive_properties(&letter, Some("a-fresh-token"));
+        assert_eq!(header(&redriven, headers::DEAD_LETTER_CODE), None);
+        assert_eq!(header(&redriven, headers::ORIGINAL_QUEUE), None);
+        assert_eq!(
+            header(&redriven, TOKEN_HEADER),
+            Some(HeaderValue::Text("a-fresh-token".into()))
+        );
+        assert_eq!(
+            header(&redriven, headers::CAUSATION_ID),
+            Some(HeaderValue::Text("cause-1".into()))
+        );
+    }
+}
