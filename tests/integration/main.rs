@@ -25,3 +25,4 @@ mod readers;
 mod relay;
 mod saga;
 mod settlement;
+mod span_export;

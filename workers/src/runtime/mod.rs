@@ -38,3 +38,5 @@ pub use shutdown::Shutdown;
 
 /// Trace context across processes, shared with the client: `eventline_amqp::propagation`.
 pub use eventline_amqp::propagation;
+/// The span ids propagation uses when nothing exports spans: `eventline_amqp::span_ids`.
+pub use eventline_amqp::span_ids;
