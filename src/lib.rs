@@ -8,7 +8,8 @@
 //! and also starts workers, the relay and the demo, so one command runs any part of the
 //! system. The operator tooling it uses (demo, chaos, supervisor, status, trace…) is behind
 //! the default `operator` feature: with `default-features = false` this crate is the client
-//! alone, with no `anyhow` and nothing that prints.
+//! alone, with no `anyhow` and nothing that prints, and none of the workers' crates (it reaches
+//! the broker through `eventline-amqp`; tidy checks the dependency tree).
 
 pub mod client;
 

@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 
 /// Production source trees (tests may build raw AMQP frames to attack the workers).
-const SOURCE_ROOTS: &[&str] = &["src", "workers/src", "events/src", "bench/src"];
+const SOURCE_ROOTS: &[&str] = &["src", "workers/src", "events/src", "amqp/src", "bench/src"];
 
-/// The only file that builds AMQP properties and field tables, and acks or nacks.
-const BROKER: &str = "workers/src/runtime/broker.rs";
+/// The only file that builds AMQP properties and field tables, and acks or nacks (the
+/// workers' `runtime::broker` re-exports it and only chooses among its functions).
+const BROKER: &str = "amqp/src/broker.rs";
 /// The only file that spells a broker name.
 const TOPOLOGY: &str = "events/src/topology.rs";
 
@@ -58,6 +59,11 @@ const IO_CRATES: &[&str] = &[
     "futures-util",
     "tracing-subscriber",
 ];
+
+/// Crates an application that embeds the client must not get: the workers' crate and what only
+/// the workers need (the database, the HTTP server, metrics), and `anyhow` (errors are values).
+/// A name also bars its family (`sqlx` bars `sqlx-core`).
+const NOT_FOR_THE_CLIENT: &[&str] = &["eventline-workers", "sqlx", "axum", "metrics", "anyhow"];
 
 // ---------------------------------------------------------------- the checkers (pure)
 
@@ -174,6 +180,23 @@ fn io_dependencies(cargo_toml: &str) -> Vec<String> {
             found.push(name.to_owned());
         }
     }
+    found
+}
+
+/// The crates of a `cargo tree --prefix none` listing that [`NOT_FOR_THE_CLIENT`] bars.
+fn barred_from_the_client(tree: &str) -> Vec<String> {
+    let mut found: Vec<String> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| {
+            NOT_FOR_THE_CLIENT
+                .iter()
+                .any(|barred| name == barred || name.starts_with(&format!("{barred}-")))
+        })
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    found.dedup();
     found
 }
 
@@ -318,7 +341,7 @@ fn only_the_broker_module_acks_or_nacks() {
     }
     report(
         &format!(
-            "a delivery acked or nacked outside {BROKER} (return a Settlement; broker::carry_out settles)"
+            "a delivery acked or nacked outside {BROKER} (return a Settlement; the workers' broker::carry_out settles)"
         ),
         violations,
     );
@@ -434,6 +457,40 @@ fn the_client_library_neither_prints_nor_uses_anyhow() {
     );
 }
 
+/// The client's own dependency tree (the crate without its `operator` feature, normal
+/// dependencies only), from `cargo tree`: an application that embeds the client must not get
+/// the workers' database, HTTP or metrics crates, nor anyhow.
+#[test]
+fn the_client_depends_on_none_of_the_workers_crates() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = std::process::Command::new(cargo)
+        .current_dir(root())
+        .args([
+            "tree",
+            "--offline",
+            "--package",
+            "eventline",
+            "--no-default-features",
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .output()
+        .expect("run cargo tree");
+    let tree = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && tree.contains("eventline-amqp"),
+        "cargo tree failed or lists no eventline-amqp: {}\n{tree}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    report(
+        "the client (`eventline` without `operator`) depends on a crate only the workers or the \
+         binary may use (move what it needs into eventline-amqp, or behind the feature)",
+        barred_from_the_client(&tree),
+    );
+}
+
 #[test]
 fn each_checker_catches_a_deliberately_bad_snippet() {
     let bad = "//! A module.\nuse lapin::types::FieldTable;\nfn f() {\n    let t = FieldTable::default();\n    let p = lapin::BasicProperties::default().with_headers(t);\n}\n";
@@ -463,6 +520,15 @@ fn each_checker_catches_a_deliberately_bad_snippet() {
     assert!(
         client_prints_or_uses_anyhow("fn f() -> Result<(), ClientError> { Ok(()) }\n").is_empty()
     );
+
+    let bad = "eventline v0.1.0 (/w)\neventline-workers v0.1.0 (/w/workers)\nsqlx-core v0.8.6\nmetrics v0.24.3\nanyhow v1.0.100\nlapin v4.0.0\n";
+    assert_eq!(
+        barred_from_the_client(bad),
+        ["anyhow", "eventline-workers", "metrics", "sqlx-core"]
+    );
+    let good =
+        "eventline v0.1.0 (/w)\neventline-amqp v0.1.0 (/w/amqp)\nsqlxish v1.0.0\nlapin v4.0.0\n";
+    assert!(barred_from_the_client(good).is_empty());
 
     assert!(!opens_with_module_doc("use std::fmt;\n//! Too late.\n"));
     assert!(!opens_with_module_doc(

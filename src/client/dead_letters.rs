@@ -1,11 +1,11 @@
 //! Dead letters: list and show them without removing them, and re-drive a selection, each
 //! removed only once its copy is confirmed.
 
+use eventline_amqp::broker;
 use eventline_events::IncomingMessage;
 use eventline_events::Service;
 use eventline_events::envelope::{HeaderValue, headers};
 use eventline_events::topology::is_query;
-use eventline_workers::runtime::broker;
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::BasicGetOptions;

@@ -1,9 +1,9 @@
 //! Tailing the events exchange: a private queue bound to topic patterns, read as a stream of
 //! [`EventMessage`]s.
 
+use eventline_amqp::broker;
 use eventline_events::IncomingMessage;
 use eventline_events::envelope::{HeaderValue, headers};
-use eventline_workers::runtime::broker;
 use futures_util::{Stream, StreamExt};
 
 use super::{Client, ClientError};

@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eventline_amqp::SecretUrl;
+use eventline_amqp::broker::{self, BrokerError};
 use eventline_events::values::OrderId;
 use eventline_events::{MessageId, Namespace, Reply, Service, Topology};
-use eventline_workers::runtime::SecretUrl;
-use eventline_workers::runtime::broker::{self, BrokerError};
 use futures_util::StreamExt;
 use lapin::{Channel, Connection};
 use tokio::sync::oneshot;

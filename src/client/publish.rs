@@ -1,12 +1,12 @@
 //! Publishing: a typed or prepared command to the service its type names, with the session
 //! token and (for saga steps sent by hand) orders' credential, returning once confirmed.
 
+use eventline_amqp::broker;
+use eventline_amqp::{credential, propagation};
 use eventline_events::auth::{SERVICE_CREDENTIAL_HEADER, TOKEN_HEADER};
 use eventline_events::envelope::HeaderValue;
 use eventline_events::topology::is_query;
 use eventline_events::{Contract, MessageId, Metadata, OutgoingMessage, Service};
-use eventline_workers::runtime::broker;
-use eventline_workers::runtime::{propagation, token};
 
 use super::{Client, ClientError, service_of};
 
@@ -31,7 +31,7 @@ impl Client {
                     .push((TOKEN_HEADER, HeaderValue::Text(token.clone())));
             }
             if let Some(key) = &self.saga_key {
-                let credential = token::service_credential(
+                let credential = credential::service_credential(
                     key,
                     &m.metadata.message_id.to_string(),
                     &m.metadata.message_type,

@@ -156,6 +156,17 @@ async fn metrics_count_exactly_what_the_workload_sent() {
         total,
         "one latency sample per settled message"
     );
+    // The confirms are timed by the broker helpers, which report to the metrics once these are
+    // installed (`eventline_amqp::broker::observe_confirms`); per process, so at least the
+    // three dead letters published above.
+    assert!(
+        value(
+            &text,
+            &format!("{}_count", metrics::CONFIRM_SECONDS),
+            &[("publisher", "message")]
+        ) >= 3.0,
+        "the dead letters' confirms were timed\n{text}"
+    );
     // The dead letters the metric counts are the ones in the queue.
     let letters = system
         .client

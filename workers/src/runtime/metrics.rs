@@ -128,6 +128,10 @@ pub fn install() -> &'static PrometheusHandle {
         // Fails only if another recorder was installed first (a host program's own): then
         // ours renders nothing, which the metrics test would show.
         let _ = metrics::set_global_recorder(recorder);
+        // The broker helpers (shared with the client) measure each confirm and report here.
+        eventline_amqp::broker::observe_confirms(|waited| {
+            confirm_waited(Publisher::Message, waited)
+        });
         handle
     })
 }

@@ -20,14 +20,12 @@ pub mod inbox;
 pub mod log_reader;
 pub mod metrics;
 pub mod projection;
-pub mod propagation;
 pub mod readiness;
 pub mod redact;
 pub mod relay;
 pub mod sampler;
 pub mod settle;
 pub mod shutdown;
-pub mod span_ids;
 pub mod state_cache;
 pub mod store;
 pub mod token;
@@ -37,3 +35,8 @@ pub use aggregate::{Aggregate, AggregateHandler, RejectionReason, State};
 pub use config::{Config, ConfigError, RetryPolicy, SecretUrl};
 pub use handler::{Context, Dispatch, Handled, Handler, HandlerError};
 pub use shutdown::Shutdown;
+
+/// Trace context across processes, shared with the client: `eventline_amqp::propagation`.
+pub use eventline_amqp::propagation;
+/// The span ids propagation uses when nothing exports spans: `eventline_amqp::span_ids`.
+pub use eventline_amqp::span_ids;

@@ -173,7 +173,7 @@ impl<H: Handler> CommandWorker<H> {
         for queue in &queues {
             let tag = format!("{}-{}", self.config.replica, uuid::Uuid::now_v7().simple());
             let name: Arc<str> = Arc::from(queue.as_str());
-            let consumer = broker::consume(&consume, queue, &tag).await?;
+            let consumer = broker::consume(&consume, queue, &tag, broker::Acks::Manual).await?;
             consumers.push(consumer.map(move |d| (name.clone(), d)));
             tags.push(tag);
         }

@@ -6,7 +6,7 @@
 //! builds a full OpenTelemetry span (attributes, events, links) for every span, to drop it at
 //! close when there is no exporter: the bench measured that at about a tenth of a worker's
 //! throughput. This layer stores two random numbers per span in the registry's extensions.
-//! [`crate::runtime::propagation`] reads the OpenTelemetry context when that layer is installed
+//! [`crate::propagation`] reads the OpenTelemetry context when that layer is installed
 //! (an OTLP endpoint is set) and these ids otherwise, so a trace is the same trace either way.
 //! This module must never log, export, or read a message.
 

@@ -5,14 +5,14 @@
 //! The wire side (header names, their shape) is [`eventline_events::trace`]; this module is the
 //! one bridge between it and the `tracing` spans: through `tracing-opentelemetry` when that
 //! layer is installed (spans are exported), else through the ids of
-//! [`crate::runtime::span_ids`] (the same trace, at a fraction of the cost). A process whose
+//! [`crate::span_ids`] (the same trace, at a fraction of the cost). A process whose
 //! subscriber has neither still passes the incoming context on unchanged, so a trace survives
 //! an untraced hop (with that hop missing). This module must never export,
 //! log, or decide anything about a message's fate.
 
 use std::borrow::Cow;
 
-use crate::runtime::span_ids;
+use crate::span_ids;
 use eventline_events::OutgoingMessage;
 use eventline_events::trace::TraceContext;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
