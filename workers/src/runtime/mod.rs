@@ -30,6 +30,7 @@ pub mod shutdown;
 pub mod state_cache;
 pub mod store;
 pub mod token;
+pub mod token_cache;
 pub mod worker;
 
 pub use aggregate::{Aggregate, AggregateHandler, RejectionReason, State};

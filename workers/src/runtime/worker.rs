@@ -54,6 +54,7 @@ use super::settle::Failure;
 use super::shutdown::Shutdown;
 use super::store::EventStore;
 use super::token::{self, Principal, TokenError};
+use super::token_cache::{self, TokenCache};
 
 /// Most messages one transaction handles. A bigger batch amortizes the commit and the
 /// inbox statement further, but holds its first message's reply back longer.
@@ -87,6 +88,8 @@ pub struct CommandWorker<H: Handler> {
     topology: Topology,
     store: EventStore,
     handler: H,
+    /// The session tokens verified so far, with the auth key (`None`: no key configured).
+    tokens: Option<TokenCache>,
 }
 
 /// One connection's publishing side, and what its declare found.
@@ -119,6 +122,10 @@ impl<H: Handler> CommandWorker<H> {
         readiness::report(&config.namespace, &Self::inbox_name(), false, "starting");
         Self {
             topology: Topology::new(config.namespace.clone()),
+            tokens: config
+                .auth
+                .verifying
+                .map(|key| TokenCache::new(key, token_cache::DEFAULT_CAPACITY)),
             config,
             store,
             handler,
@@ -373,12 +380,8 @@ impl<H: Handler> CommandWorker<H> {
             Some(_) => return Err(TokenError::Malformed),
             None => return Err(TokenError::Missing),
         };
-        let key = self
-            .config
-            .auth
-            .verifying
-            .as_ref()
-            .ok_or(TokenError::NoKey)?;
-        token::verify(token, key, time::OffsetDateTime::now_utc().unix_timestamp())
+        // Once per token: a session sends the same one on every command.
+        let tokens = self.tokens.as_ref().ok_or(TokenError::NoKey)?;
+        tokens.verify(token, time::OffsetDateTime::now_utc().unix_timestamp())
     }
 }
