@@ -21,6 +21,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use super::acks::{ChannelAcks, How};
 use super::config::SecretUrl;
 use super::settle::Settlement;
 
@@ -533,10 +534,16 @@ pub struct SettleRoute<'a> {
 /// be redelivered; before the ack). `body` is the delivery's body (a retry carries it as it is),
 /// `dead_letter_body` the body as operators may see it (secrets redacted). An error means the settlement did not happen and the delivery is not
 /// acked: settle it again (`Failure::NotSettled`).
+///
+/// With `acks` (a batching worker's consume channel), an ack, refusal or retry is recorded
+/// there and acked by the batch's run ([`ChannelAcks::ack_settled_run`]): one `multiple` ack
+/// for the batch. A dead letter and a requeue are acked or nacked alone, at once, and
+/// recorded so that no run covers them again. Without `acks` every delivery is acked alone.
 pub async fn carry_out(
     delivery: &Delivery,
     settlement: &Settlement,
     route: &SettleRoute<'_>,
+    acks: Option<&ChannelAcks>,
     body: &[u8],
     dead_letter_body: &[u8],
     reply: impl Future<Output = ()>,
@@ -597,6 +604,9 @@ pub async fn carry_out(
             )
             .await?;
             reply.await;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            settled_alone(acks, delivery);
+            return Ok(());
         }
         Settlement::Requeue => {
             delivery
@@ -606,10 +616,33 @@ pub async fn carry_out(
                     ..BasicNackOptions::default()
                 })
                 .await?;
+            settled_alone(acks, delivery);
             return Ok(());
         }
     }
-    delivery.acker.ack(BasicAckOptions::default()).await?;
+    match acks {
+        Some(acks) => acks.settled(delivery.delivery_tag, How::InRun),
+        None => {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Tells the run that `delivery` was acked or nacked alone (after the frame went out, so no
+/// later run can reach the broker before it).
+fn settled_alone(acks: Option<&ChannelAcks>, delivery: &Delivery) {
+    if let Some(acks) = acks {
+        acks.settled(delivery.delivery_tag, How::Alone);
+    }
+}
+
+/// Acks every outstanding delivery of `channel` up to and including `delivery_tag`, which
+/// must itself be outstanding (`multiple`): a settled run ([`super::acks`]).
+pub async fn ack_through(channel: &Channel, delivery_tag: u64) -> Result<(), BrokerError> {
+    channel
+        .basic_ack(delivery_tag, BasicAckOptions { multiple: true })
+        .await?;
     Ok(())
 }
 
@@ -628,7 +661,7 @@ pub fn redeliveries(delivery: &Delivery) -> u32 {
         .unwrap_or(0)
 }
 
-/// Acks one delivery by tag on `channel` (the client's dead-letter re-drive).
+/// Acks one delivery by tag on `channel` (the client's dead-letter re-drive, a worker's stragglers on shutdown).
 pub async fn ack(channel: &Channel, delivery_tag: u64) -> Result<(), BrokerError> {
     channel
         .basic_ack(delivery_tag, BasicAckOptions::default())

@@ -9,6 +9,7 @@
 //! [`sampler`] (lag and inbox gauges from the database), [`http`] (`/metrics`, `/healthz`,
 //! `/readyz`).
 
+pub mod acks;
 pub mod aggregate;
 pub mod backoff;
 pub mod broker;

@@ -41,8 +41,9 @@ use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicQosOptions};
 use tokio::task::JoinSet;
-use tracing::{Instrument, Span, info, info_span};
+use tracing::{Instrument, Span, info, info_span, warn};
 
+use super::acks::ChannelAcks;
 use super::backoff;
 use super::broker::{self, BrokerError, DeclaredQueues};
 use super::config::Config;
@@ -92,10 +93,14 @@ pub struct CommandWorker<H: Handler> {
     tokens: Option<TokenCache>,
 }
 
-/// One connection's publishing side, and what its declare found.
+/// One connection's publishing side, what its declare found, and its consume channel's acks.
 struct Session {
     publisher: Channel,
     declared: DeclaredQueues,
+    /// A batching worker's acks: one `multiple` ack per settled run. `None` (a handler that
+    /// does not batch, such as payments' slow provider calls, with any number in flight):
+    /// each delivery is acked alone, so one slow message never holds back the others' acks.
+    acks: Option<ChannelAcks>,
 }
 
 /// A delivery and what decoding it found, carried from receipt to settlement.
@@ -167,6 +172,7 @@ impl<H: Handler> CommandWorker<H> {
         let session = Arc::new(Session {
             publisher: broker::confirm_channel(&connection).await?,
             declared,
+            acks: H::BATCH.then(|| ChannelAcks::new(consume.clone())),
         });
         let mut queues = vec![match H::INPUT {
             Input::Commands => self.topology.command_queue(H::SERVICE),
@@ -250,6 +256,13 @@ impl<H: Handler> CommandWorker<H> {
             }
         }
         while in_flight.join_next().await.is_some() {}
+        // What is settled but held back by a delivery still in a consumer's buffer is acked
+        // now; that delivery goes back to the queue with the channel.
+        if let (Ok(()), Some(acks)) = (&result, &session.acks)
+            && let Err(error) = acks.ack_all_settled().await
+        {
+            warn!(%error, "could not ack the last settled deliveries; the broker will redeliver them");
+        }
         if result.is_ok() {
             let _ = connection.close(200, "worker shutting down".into()).await;
             info!(replica = %self.config.replica, "stopped cleanly");
@@ -281,6 +294,14 @@ impl<H: Handler> CommandWorker<H> {
             self.settle(session, item, outcome).instrument(span)
         }))
         .await;
+        // The batch's acks, as one: every delivery up to the highest tag settled without a
+        // gap (an earlier batch still settling holds this one's acks back for its own run).
+        if let Some(acks) = &session.acks
+            && let Err(error) = acks.ack_settled_run().await
+        {
+            // The channel is gone: the broker redelivers, and the inbox makes that harmless.
+            warn!(%error, "could not ack a settled run; the broker will redeliver it");
+        }
     }
 
     /// Decodes a delivery and opens its span.
