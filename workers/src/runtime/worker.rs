@@ -1,7 +1,9 @@
 //! The command worker: consumes a service's queues and hands each batch of deliveries to
 //! [`execute`] (the transactions) and then [`deliver`] (the settlement). This file is the
 //! lifecycle — connect, declare, consume, drain on shutdown, reconnect — and must never
-//! decide what happens to a message (`settle` does) nor ack one (`broker::carry_out` does).
+//! decide what happens to a message (`settle` does) nor ack one (`broker::carry_out` does;
+//! for a batch it records the ack, and the batch's settled run goes out as one `multiple` ack
+//! through [`super::acks`]).
 //!
 //! Per delivery, in order:
 //! 1. decode (poison → dead-letter queue with the reason, reply "rejected", ack);
@@ -11,7 +13,9 @@
 //!    append with the expected version, store the reply, commit. A version conflict reloads
 //!    and decides again at once;
 //! 3. reply on `reply_to` (after the commit: a reply never announces something uncommitted);
-//! 4. ack. A crash anywhere before the ack means redelivery, which step 2 makes harmless.
+//! 4. ack (a batch's deliveries: one `multiple` ack once every delivery up to its highest
+//!    tag is settled). A crash anywhere before the ack means redelivery, which step 2 makes
+//!    harmless.
 //!
 //! Group commit: for handlers that allow it ([`Handler::BATCH`]), the deliveries the broker
 //! has already sent (up to `MAX_BATCH`) are handled together in step 2 — one transaction,
