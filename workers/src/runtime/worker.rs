@@ -31,6 +31,8 @@
 //! endless conflicts, a panicking handler, a stored dispatch that no longer decodes — becomes a
 //! [`Failure`](super::settle::Failure), and [`super::settle::settle`] alone turns it into ack,
 //! retry, requeue or dead letter under the configured [`RetryPolicy`](super::config::RetryPolicy).
+//! A panic that escapes that (in the runtime, outside the handler) ends the session: the
+//! closed channel returns every unacked delivery, and the reconnect loop starts again.
 
 mod deliver;
 mod execute;
@@ -45,7 +47,7 @@ use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicQosOptions};
 use tokio::task::JoinSet;
-use tracing::{Instrument, Span, info, info_span, warn};
+use tracing::{Instrument, Span, error, info, info_span, warn};
 
 use super::acks::ChannelAcks;
 use super::backoff;
@@ -73,6 +75,30 @@ const DB_LANES: usize = 1;
 /// Batches a worker holds at once: the one in its transaction, plus two settling with the
 /// broker (reply, dispatches, ack) meanwhile.
 const BATCHES_IN_FLIGHT: usize = DB_LANES + 2;
+
+/// Why a worker's session ended, for the reconnect loop (which logs it and starts again).
+/// The worker's own type, so a failure of the worker itself needs no variant in the shared
+/// [`BrokerError`].
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A batch's task panicked outside the handler (whose panics `execute` catches): its
+    /// deliveries will never be settled, and with `multiple` acks one unsettled tag holds back
+    /// every later run, so the session ends and the closed channel returns them all.
+    #[error(
+        "a batch task panicked ({0}); the session was closed so the broker redelivers every \
+         unacked delivery (the queue's delivery limit ends a message that keeps doing this). \
+         This is a bug in the worker: report it with this message"
+    )]
+    BatchPanicked(String),
+}
+
+impl From<lapin::Error> for SessionError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(BrokerError::Amqp(error))
+    }
+}
 
 /// How handling a message ended, before the settlement.
 #[derive(Debug)]
@@ -164,7 +190,7 @@ impl<H: Handler> CommandWorker<H> {
     }
 
     /// One connection's lifetime: declare, consume, and on shutdown drain in-flight work.
-    async fn session(self: Arc<Self>, shutdown: &Shutdown) -> Result<(), BrokerError> {
+    async fn session(self: Arc<Self>, shutdown: &Shutdown) -> Result<(), SessionError> {
         let role = format!("{} worker {}", H::SERVICE, self.config.replica);
         let connection = broker::connect(&self.config.amqp_url, &role).await?;
         let declared =
@@ -218,7 +244,15 @@ impl<H: Handler> CommandWorker<H> {
         let result = loop {
             tokio::select! {
                 () = shutdown.triggered() => break Ok(()),
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(failed) = joined
+                        && failed.is_panic()
+                    {
+                        let panic = execute::panic_message(&*failed.into_panic());
+                        error!(%panic, replica = %self.config.replica, "a batch task panicked; ending the session so its deliveries are redelivered");
+                        break Err(SessionError::BatchPanicked(panic));
+                    }
+                }
                 permit = lane.clone().acquire_owned(), if H::BATCH && turn.is_none() => {
                     turn = permit.ok();
                 }
@@ -231,7 +265,7 @@ impl<H: Handler> CommandWorker<H> {
                             match deliveries.next().now_or_never() {
                                 Some(Some((queue, Ok(delivery)))) => batch.push((queue, delivery)),
                                 Some(Some((_, Err(error)))) => {
-                                    failed = Some(BrokerError::Amqp(error));
+                                    failed = Some(SessionError::from(error));
                                     break;
                                 }
                                 Some(None) | None => break,
@@ -245,8 +279,8 @@ impl<H: Handler> CommandWorker<H> {
                             break Err(error);
                         }
                     }
-                    Some((_, Err(error))) => break Err(BrokerError::Amqp(error)),
-                    None => break Err(BrokerError::ConsumerCancelled(queues.join(", "))),
+                    Some((_, Err(error))) => break Err(error.into()),
+                    None => break Err(BrokerError::ConsumerCancelled(queues.join(", ")).into()),
                 },
             }
         };
@@ -267,9 +301,17 @@ impl<H: Handler> CommandWorker<H> {
         {
             warn!(%error, "could not ack the last settled deliveries; the broker will redeliver them");
         }
-        if result.is_ok() {
-            let _ = connection.close(200, "worker shutting down".into()).await;
-            info!(replica = %self.config.replica, "stopped cleanly");
+        match &result {
+            Ok(()) => {
+                let _ = connection.close(200, "worker shutting down".into()).await;
+                info!(replica = %self.config.replica, "stopped cleanly");
+            }
+            // The connection is healthy: close it now rather than whenever it is dropped, so
+            // the broker returns the panicked batch's deliveries before the reconnect.
+            Err(SessionError::BatchPanicked(_)) => {
+                let _ = connection.close(541, "a batch task panicked".into()).await;
+            }
+            Err(SessionError::Broker(_)) => {}
         }
         result
     }
