@@ -131,6 +131,17 @@ struct Session {
     /// does not batch, such as payments' slow provider calls, with any number in flight):
     /// each delivery is acked alone, so one slow message never holds back the others' acks.
     acks: Option<ChannelAcks>,
+    /// The stage histograms, registered once per session rather than once per message.
+    stages: metrics::Stages,
+}
+
+/// When the worker took a batch's deliveries from its consumer, by both clocks: the wall
+/// clock for the queue wait (from the sender's `x-occurred-at`), the monotonic one for the
+/// stages after it. Read once per batch, not per message.
+#[derive(Clone, Copy)]
+struct Receipt {
+    at: std::time::Instant,
+    wall: time::OffsetDateTime,
 }
 
 /// A delivery and what decoding it found, carried from receipt to settlement.
@@ -203,6 +214,7 @@ impl<H: Handler> CommandWorker<H> {
             publisher: broker::confirm_channel(&connection).await?,
             declared,
             acks: H::BATCH.then(|| ChannelAcks::new(consume.clone())),
+            stages: metrics::Stages::new(&self.config.namespace, H::SERVICE),
         });
         let mut queues = vec![match H::INPUT {
             Input::Commands => self.topology.command_queue(H::SERVICE),
@@ -259,6 +271,12 @@ impl<H: Handler> CommandWorker<H> {
                 next = deliveries.next(), if in_flight.len() < max_in_flight && (turn.is_some() || !H::BATCH) => match next {
                     Some((queue, Ok(delivery))) => {
                         // What the broker has already sent joins the batch; nothing waits for more.
+                        // Taken only once a database lane is free: the wait for it is spent in
+                        // the consumer's buffer, so the queue wait stage includes it.
+                        let receipt = Receipt {
+                            at: std::time::Instant::now(),
+                            wall: time::OffsetDateTime::now_utc(),
+                        };
                         let mut batch = vec![(queue, delivery)];
                         let mut failed = None;
                         while batch.len() < max_batch {
@@ -274,7 +292,7 @@ impl<H: Handler> CommandWorker<H> {
                         let this = self.clone();
                         let session = session.clone();
                         let turn = turn.take();
-                        in_flight.spawn(async move { this.process(&session, batch, turn).await });
+                        in_flight.spawn(async move { this.process(&session, batch, receipt, turn).await });
                         if let Some(error) = failed {
                             break Err(error);
                         }
@@ -321,13 +339,23 @@ impl<H: Handler> CommandWorker<H> {
         &self,
         session: &Session,
         deliveries: Vec<(Arc<str>, Delivery)>,
+        receipt: Receipt,
         turn: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         let mut items: Vec<Received<H::Command>> = deliveries
             .into_iter()
             .map(|(queue, d)| self.receive(queue, d))
             .collect();
+        let stages = &session.stages;
+        for metadata in items.iter().filter_map(|item| item.metadata.as_ref()) {
+            let waited = metrics::wall_clock_since(metadata.occurred_at, receipt.wall);
+            stages.record(metrics::Stage::QueueWait, waited, 1);
+        }
+        let begun = std::time::Instant::now();
+        stages.record(metrics::Stage::BatchWait, begun - receipt.at, items.len());
         self.handle_all(&mut items).await;
+        let committed = std::time::Instant::now();
+        stages.record(metrics::Stage::Transaction, committed - begun, items.len());
         metrics::batch_handled(&self.config.namespace, H::SERVICE, items.len());
         drop(turn);
         // Concurrently: each waits only for its own confirms, so the publishes of the whole
@@ -348,6 +376,7 @@ impl<H: Handler> CommandWorker<H> {
             // The channel is gone: the broker redelivers, and the inbox makes that harmless.
             warn!(%error, "could not ack a settled run; the broker will redeliver it");
         }
+        stages.record(metrics::Stage::Settle, committed.elapsed(), items.len());
     }
 
     /// Decodes a delivery and opens its span.
