@@ -626,6 +626,15 @@ pub async fn ack(channel: &Channel, delivery_tag: u64) -> Result<(), BrokerError
     Ok(())
 }
 
+/// Acks every outstanding delivery of `channel` up to and including `delivery_tag`, which
+/// must itself be outstanding (`multiple`): a worker's settled run of a batch.
+pub async fn ack_through(channel: &Channel, delivery_tag: u64) -> Result<(), BrokerError> {
+    channel
+        .basic_ack(delivery_tag, BasicAckOptions { multiple: true })
+        .await?;
+    Ok(())
+}
+
 /// An open private queue and its consumer: named by the broker, exclusive to one connection
 /// and deleted with it, consumed without acks. Clients read their replies and tailed events
 /// from one, so nothing a client abandons piles up on the broker. It must never carry a

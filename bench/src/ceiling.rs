@@ -20,6 +20,11 @@
 //!
 //! E* = min over the three of capacity / cost per command. The workers' and clients' own CPU
 //! is charged nothing: it is the overhead that E/E* exposes.
+//!
+//! The load generator, though, is no part of the system: its clients run on the same cores,
+//! and what they use the services cannot. [`Ceiling::with_load_generator`] states their share
+//! at saturation and the CPU ceiling (and E*) on the cores they left, beside the whole
+//! machine's.
 
 use crate::raw_broker::BrokerFigures;
 use crate::raw_db::{COMMANDS_PER_BATCH, DbFigures};
@@ -56,6 +61,89 @@ pub struct Ceiling {
     /// Best saturation over every replica count measured.
     pub e_best: f64,
     pub ratio_best: f64,
+    /// The bench's own clients at saturation, and the ceiling without them; `None` when
+    /// their CPU was not measured.
+    pub load_generator: Option<LoadGenerator>,
+}
+
+/// The load generator's CPU at the saturation point, and the ceiling on what it left.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoadGenerator {
+    /// Cores the bench's process (its clients) kept busy.
+    pub cores: f64,
+    /// Of the machine's cores, 0 to 1.
+    pub share: f64,
+    /// Its CPU per command, µs.
+    pub cpu_micros_per_command: f64,
+    /// Commands per second the services' CPU allows on the cores the clients left.
+    pub cpu_per_s: f64,
+    /// E* with that CPU ceiling in place of the whole machine's.
+    pub e_star: f64,
+    pub bound_by: &'static str,
+    /// The base saturation over that E*.
+    pub ratio: f64,
+}
+
+/// The lowest capacity, and its resource's name.
+fn bound(broker_per_s: f64, database_per_s: f64, cpu_per_s: f64) -> (f64, &'static str) {
+    [
+        (broker_per_s, "broker"),
+        (database_per_s, "database"),
+        (cpu_per_s, "services' CPU"),
+    ]
+    .into_iter()
+    .min_by(|a, b| a.0.total_cmp(&b.0))
+    .unwrap_or((f64::INFINITY, "nothing"))
+}
+
+/// Commands per second `cores` allow at `cpu_micros` of services' CPU per command; no
+/// bound when the CPU was not measured.
+fn cpu_capacity(cores: f64, cpu_micros: f64) -> f64 {
+    if cpu_micros.is_finite() && cpu_micros > 0.0 {
+        cores.max(0.0) * 1e6 / cpu_micros
+    } else {
+        f64::INFINITY
+    }
+}
+
+impl Ceiling {
+    /// Services' CPU a command costs, µs (the sum the CPU resource divides by).
+    pub fn cpu_micros_per_command(&self) -> f64 {
+        self.costs
+            .iter()
+            .map(|c| c.cpu_micros * c.per_command)
+            .sum()
+    }
+
+    /// Adds the load generator's figures: `clients_cores` is the bench process's CPU, in
+    /// cores, over the saturation window that measured `self.e`.
+    pub fn with_load_generator(mut self, clients_cores: Option<f64>) -> Self {
+        self.load_generator = clients_cores
+            .filter(|cores| cores.is_finite() && *cores >= 0.0)
+            .map(|cores| {
+                let cpu_per_s =
+                    cpu_capacity(self.cpus as f64 - cores, self.cpu_micros_per_command());
+                let (e_star, bound_by) = bound(self.broker_per_s, self.database_per_s, cpu_per_s);
+                LoadGenerator {
+                    cores,
+                    share: if self.cpus > 0 {
+                        cores / self.cpus as f64
+                    } else {
+                        0.0
+                    },
+                    cpu_micros_per_command: if self.e > 0.0 {
+                        cores / self.e * 1e6
+                    } else {
+                        f64::NAN
+                    },
+                    cpu_per_s,
+                    e_star,
+                    bound_by,
+                    ratio: if e_star > 0.0 { self.e / e_star } else { 0.0 },
+                }
+            });
+        self
+    }
 }
 
 fn per_second(rate: f64) -> f64 {
@@ -126,19 +214,8 @@ pub fn compute(
     let database_per_s = 1e6 / total("database");
     let cpu_total: f64 = costs.iter().map(|c| c.cpu_micros * c.per_command).sum();
     // Unmeasurable (no /proc) or zero CPU leaves the CPU resource out of the minimum.
-    let cpu_per_s = if cpu_total.is_finite() && cpu_total > 0.0 {
-        cpus as f64 * 1e6 / cpu_total
-    } else {
-        f64::INFINITY
-    };
-    let (e_star, bound_by) = [
-        (broker_per_s, "broker"),
-        (database_per_s, "database"),
-        (cpu_per_s, "services' CPU"),
-    ]
-    .into_iter()
-    .min_by(|a, b| a.0.total_cmp(&b.0))
-    .unwrap_or((f64::INFINITY, "nothing"));
+    let cpu_per_s = cpu_capacity(cpus as f64, cpu_total);
+    let (e_star, bound_by) = bound(broker_per_s, database_per_s, cpu_per_s);
     let ratio = |e: f64| if e_star > 0.0 { e / e_star } else { 0.0 };
     Ceiling {
         database_unbatched_per_s: db.command_txn_8.commits_per_s,
@@ -153,6 +230,7 @@ pub fn compute(
         ratio: ratio(e),
         e_best,
         ratio_best: ratio(e_best),
+        load_generator: None,
     }
 }
 
@@ -212,5 +290,43 @@ mod tests {
         let c = compute(&broker, &cpu_bound, 2, 500.0, 500.0);
         assert_eq!(c.bound_by, "services' CPU");
         assert!((c.cpu_per_s - 2_500.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_load_generators_cores_come_off_the_cpu_ceiling() {
+        // 800 µs of services' CPU per command on 2 cores: 2500 cmd/s for the whole machine.
+        let broker = BrokerFigures {
+            quorum: QueueFigures {
+                publish_per_s: 1e9,
+                consume_per_s: 1e9,
+                ..QueueFigures::default()
+            },
+            reply_publish_per_s: 1e9,
+            event_publish_per_s: 1e9,
+            ..BrokerFigures::default()
+        };
+        let db = DbFigures {
+            command_batch_8: Rate {
+                commits_per_s: 1e9,
+                cpu_us_per_commit: 800.0 * 32.0,
+                ..Rate::default()
+            },
+            ..DbFigures::default()
+        };
+        let c = compute(&broker, &db, 2, 1_000.0, 1_000.0);
+        assert!(c.load_generator.is_none());
+        // The clients kept half a core busy at 1000 cmd/s: 1.5 cores left, 1875 cmd/s.
+        let c = c.with_load_generator(Some(0.5));
+        let g = c.load_generator.as_ref().unwrap();
+        assert!((c.e_star - 2_500.0).abs() < 1e-6, "E* itself is unchanged");
+        assert!((g.share - 0.25).abs() < 1e-9);
+        assert!((g.cpu_micros_per_command - 500.0).abs() < 1e-6);
+        assert!((g.cpu_per_s - 1_875.0).abs() < 1e-6);
+        assert!((g.e_star - 1_875.0).abs() < 1e-6);
+        assert_eq!(g.bound_by, "services' CPU");
+        assert!((g.ratio - 1_000.0 / 1_875.0).abs() < 1e-9);
+        // Unmeasured: nothing is claimed.
+        let c = compute(&broker, &db, 2, 1_000.0, 1_000.0).with_load_generator(None);
+        assert!(c.load_generator.is_none());
     }
 }

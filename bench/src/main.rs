@@ -112,7 +112,15 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|p| p.load.achieved_per_s)
         .fold(e, f64::max);
-    let ceiling = ceiling::compute(&raw_broker, &raw_database, procstat::cpu_count(), e, e_best);
+    // The clients' CPU over the window that measured E: what the services could not use.
+    let clients_cores = end_to_end
+        .saturation
+        .usage
+        .as_ref()
+        .and_then(|u| u.component("bench clients"))
+        .map(|c| c.cores);
+    let ceiling = ceiling::compute(&raw_broker, &raw_database, procstat::cpu_count(), e, e_best)
+        .with_load_generator(clients_cores);
     let report = Report {
         targets: Report::targets(&end_to_end, &ceiling),
         meta,

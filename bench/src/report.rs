@@ -453,6 +453,26 @@ impl Report {
             "  => E* = {:.0} cmd/s, bound by {}   (one transaction per command would cap the database at {:.0} cmd/s)",
             c.e_star, c.bound_by, c.database_unbatched_per_s
         )?;
+        match &c.load_generator {
+            Some(g) => writeln!(
+                out,
+                "  load generator (the bench's clients) at saturation: {:.2} of {} cores ({:.0}% of the machine, {:.0} µs per command); \
+                 on the {:.2} cores it left, services' CPU allows {:.0} cmd/s => E* without its share = {:.0} cmd/s, bound by {}; E/E* = {:.2}",
+                g.cores,
+                c.cpus,
+                g.share * 100.0,
+                g.cpu_micros_per_command,
+                (c.cpus as f64 - g.cores).max(0.0),
+                g.cpu_per_s,
+                g.e_star,
+                g.bound_by,
+                g.ratio
+            )?,
+            None => writeln!(
+                out,
+                "  load generator (the bench's clients): CPU not measured (no /proc), so no ceiling without its share"
+            )?,
+        }
         writeln!(
             out,
             "  E = {:.0} cmd/s at {} replica(s): E/E* = {:.2};  best E = {:.0} cmd/s: E/E* = {:.2}",

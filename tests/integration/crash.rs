@@ -1,9 +1,12 @@
 //! Independent failures: a worker process killed mid-stream (SIGKILL) loses nothing, and a
-//! worker stopped with SIGTERM finishes what it holds.
+//! worker stopped with SIGTERM finishes what it holds. Both hold whatever ends each delivery:
+//! acks sent as one `multiple` ack per settled run, and dead letters acked alone in between.
 
 use eventline_events::catalog::{CatalogCommand, ReserveStock};
 use eventline_events::values::{OrderId, Quantity};
 use eventline_events::{Metadata, OutgoingMessage, Service};
+
+use eventline_workers::runtime::broker;
 
 use crate::support::{TestSystem, eventually, product};
 
@@ -107,5 +110,136 @@ async fn a_worker_stopped_with_sigterm_finishes_in_flight_work_and_exits_cleanly
         .spawn("second", &["worker", "catalog"])
         .unwrap();
     assert_each_command_applied_once(&system).await;
+    system.stop().await;
+}
+
+/// One undecodable command (dead-lettered and acked alone, between runs) per this many.
+const POISON_EVERY: i64 = 10;
+
+/// Reservations with an undecodable one after every `POISON_EVERY - 1`; returns the
+/// undecodable ones' message ids.
+async fn publish_reservations_with_poison(system: &TestSystem) -> Vec<String> {
+    let mut poison = Vec::new();
+    for n in 0..COMMANDS + COMMANDS / (POISON_EVERY - 1) {
+        let message = if n % POISON_EVERY == POISON_EVERY - 1 {
+            let message = OutgoingMessage {
+                metadata: Metadata::origin("catalog.reserve_stock"),
+                body: b"{not json".to_vec(),
+                extra_headers: Vec::new(),
+            };
+            poison.push(message.metadata.message_id.to_string());
+            message
+        } else {
+            OutgoingMessage::new(
+                Metadata::origin("catalog.reserve_stock"),
+                &CatalogCommand::from(ReserveStock {
+                    product_id: product("tea"),
+                    order_id: OrderId::new(),
+                    quantity: Quantity::parse(1).unwrap(),
+                }),
+            )
+        };
+        system.client.publish(&message).await.unwrap();
+    }
+    poison
+}
+
+/// What the catalog's command queue still holds, ready for a consumer (not acked).
+async fn left_in_queue(system: &TestSystem) -> u32 {
+    let connection = broker::connect(&system.config.amqp_url, "test probe")
+        .await
+        .unwrap();
+    let declared = broker::inspect_queue(
+        &connection,
+        &system.topology.command_queue(Service::Catalog),
+    )
+    .await
+    .unwrap();
+    let _ = connection.close(200, "probe".into()).await;
+    declared.message_count()
+}
+
+#[tokio::test]
+async fn a_worker_killed_between_runs_of_acks_and_dead_letters_loses_nothing_and_applies_nothing_twice()
+ {
+    let mut system = TestSystem::start().await;
+    system.start_catalog_worker("setup");
+    system.add_product("tea", 10_000).await;
+    system.stop_workers().await;
+    system
+        .processes()
+        .spawn("doomed", &["worker", "catalog"])
+        .unwrap();
+    system.wait_for_consumers(Service::Catalog, 1).await;
+    let poison = publish_reservations_with_poison(&system).await;
+    eventually("the worker to be mid-stream", || async {
+        let n = handled(&system).await;
+        if n > 40 {
+            Ok(())
+        } else {
+            Err(format!("{n} handled"))
+        }
+    })
+    .await;
+    system.processes().kill("doomed").await;
+    assert!(
+        handled(&system).await < COMMANDS + 1,
+        "the worker finished before it could be killed; raise COMMANDS"
+    );
+
+    system
+        .processes()
+        .spawn("survivor", &["worker", "catalog"])
+        .unwrap();
+    // A run acked past a delivery still in flight would have lost it with the kill; one that
+    // never passed a dead letter's tag would have stalled the survivor at its prefetch.
+    assert_each_command_applied_once(&system).await;
+    // Each at least once: one dead-lettered just before the kill, and not yet acked, is
+    // dead-lettered again by the survivor (as it always was; the inbox never sees poison).
+    let mut expected = poison.clone();
+    expected.sort();
+    eventually("every undecodable command to be dead-lettered", || async {
+        let mut lettered: Vec<String> = system
+            .client
+            .dead_letters(Service::Catalog, 200)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|letter| letter.code == "invalid_body")
+            .filter_map(|letter| letter.message_id)
+            .collect();
+        lettered.sort();
+        lettered.dedup();
+        if lettered == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {} undecodable commands dead-lettered",
+                lettered.len(),
+                expected.len()
+            ))
+        }
+    })
+    .await;
+
+    // A clean stop acks the last run: nothing handled goes back to the queue.
+    let status = system.processes().terminate("survivor").await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM exit: {status:?}"
+    );
+    assert_eq!(
+        left_in_queue(&system).await,
+        0,
+        "a handled delivery went back to the queue unacked"
+    );
+    // A run that named a tag already acked alone would have had the broker close the
+    // channel (406, unknown delivery tag), and the worker reconnect: masked by redelivery
+    // and the inbox, so looked for here.
+    let log = std::fs::read_to_string(system.processes().log_dir().join("survivor.log")).unwrap();
+    assert!(
+        !log.contains("reconnecting") && !log.contains("could not ack"),
+        "the survivor lost its channel:\n{log}"
+    );
     system.stop().await;
 }

@@ -167,6 +167,35 @@ async fn metrics_count_exactly_what_the_workload_sent() {
         ) >= 3.0,
         "the dead letters' confirms were timed\n{text}"
     );
+    // Every stage after the queue counts each delivery once (the settle stage is recorded
+    // just after the batch's ack, so it may trail the counters above); the queue wait counts
+    // those whose envelope, and so `x-occurred-at`, decoded.
+    let stage = |text: &str, stage: &str| {
+        value(
+            text,
+            &format!("{}_count", metrics::STAGE_SECONDS),
+            &[("namespace", &ns), ("service", "catalog"), ("stage", stage)],
+        )
+    };
+    let text = eventually("every settlement in the settle stage", || async {
+        let text = scrape(address).await;
+        let settled = stage(&text, "settle");
+        if settled >= total {
+            Ok(text)
+        } else {
+            Err(format!("{settled} of {total}"))
+        }
+    })
+    .await;
+    for after_receipt in ["batch_wait", "transaction", "settle"] {
+        assert_eq!(
+            stage(&text, after_receipt),
+            total,
+            "{after_receipt}\n{text}"
+        );
+    }
+    let queued = stage(&text, "queue_wait");
+    assert!((7.0..=total).contains(&queued), "{queued}\n{text}");
     // The dead letters the metric counts are the ones in the queue.
     let letters = system
         .client

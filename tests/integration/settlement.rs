@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::support::sabotage::{DIVIDE_BY_ZERO, HANG, PANIC, Sabotaged};
+use crate::support::sabotage::{CRASH, DIVIDE_BY_ZERO, HANG, PANIC, Sabotaged};
 use crate::support::{PATIENCE, TestSystem, eventually, product};
 
 fn restock(id: &str) -> OutgoingMessage {
@@ -94,6 +94,40 @@ async fn a_panicking_handler_is_requeued_then_dead_lettered_and_the_worker_keeps
             "{letter:?}"
         );
     }
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_task_that_panics_ends_the_session_and_its_deliveries_come_back() {
+    let mut system = TestSystem::start().await;
+    let config = Config {
+        replica: "catalog-sabotaged".into(),
+        // Fewer slots than the commands after the panic: a delivery left unsettled (and the
+        // multiple acks it holds back) would stall the worker.
+        prefetch: 2,
+        ..system.config.clone()
+    };
+    let sabotaged = Sabotaged::default();
+    let crashed = sabotaged.crashed.clone();
+    system.start_handler(config, sabotaged);
+    system.wait_for_consumers(Service::Catalog, 1).await;
+    assert!(system.add_product(CRASH, 1).await.is_accepted());
+
+    // Its first receipt panics the batch's task; the session ends, the broker redelivers it
+    // to the reconnected worker, and this time it is handled.
+    let reply = system.request(restock(CRASH)).await;
+    assert!(reply.is_accepted(), "{reply:?}");
+    assert!(crashed.load(std::sync::atomic::Ordering::SeqCst));
+    for id in ["mug", "pot", "cup"] {
+        assert!(system.add_product(id, 1).await.is_accepted());
+    }
+    // Applied once: the product's creation and one restock.
+    assert_eq!(
+        system
+            .stream_versions(&format!("catalog.product-{CRASH}"))
+            .await,
+        vec![1, 2]
+    );
     system.stop().await;
 }
 

@@ -15,6 +15,7 @@ use lapin::message::Delivery;
 
 pub use eventline_amqp::broker::*;
 
+use super::acks::{ChannelAcks, How};
 use super::settle::Settlement;
 
 /// Where a worker's settlements go, besides the delivery's own channel.
@@ -34,10 +35,16 @@ pub struct SettleRoute<'a> {
 /// be redelivered; before the ack). `body` is the delivery's body (a retry carries it as it is),
 /// `dead_letter_body` the body as operators may see it (secrets redacted). An error means the settlement did not happen and the delivery is not
 /// acked: settle it again (`Failure::NotSettled`).
+///
+/// With `acks` (a batching worker's consume channel), an ack, refusal or retry is recorded
+/// there and acked by the batch's run ([`ChannelAcks::ack_settled_run`]): one `multiple` ack
+/// for the batch. A dead letter and a requeue are acked or nacked alone, at once, and
+/// recorded so that no run covers them again. Without `acks` every delivery is acked alone.
 pub async fn carry_out(
     delivery: &Delivery,
     settlement: &Settlement,
     route: &SettleRoute<'_>,
+    acks: Option<&ChannelAcks>,
     body: &[u8],
     dead_letter_body: &[u8],
     reply: impl Future<Output = ()>,
@@ -70,8 +77,27 @@ pub async fn carry_out(
             )
             .await?;
             reply.await;
+            ack_delivery(delivery).await?;
+            settled_alone(acks, delivery);
+            return Ok(());
         }
-        Settlement::Requeue => return requeue(delivery).await,
+        Settlement::Requeue => {
+            requeue(delivery).await?;
+            settled_alone(acks, delivery);
+            return Ok(());
+        }
     }
-    ack_delivery(delivery).await
+    match acks {
+        Some(acks) => acks.settled(delivery.delivery_tag, How::InRun),
+        None => ack_delivery(delivery).await?,
+    }
+    Ok(())
+}
+
+/// Tells the run that `delivery` was acked or nacked alone (after the frame went out, so no
+/// later run can reach the broker before it).
+fn settled_alone(acks: Option<&ChannelAcks>, delivery: &Delivery) {
+    if let Some(acks) = acks {
+        acks.settled(delivery.delivery_tag, How::Alone);
+    }
 }

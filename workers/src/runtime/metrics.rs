@@ -27,6 +27,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const MESSAGES: &str = "eventline_messages_total";
 /// Time from a delivery's batch being formed to its settlement (ack, retry or dead letter).
 pub const HANDLING_SECONDS: &str = "eventline_message_handling_seconds";
+/// Time a worker's message spent in each stage of its life, by `stage` ([`Stage`]): the
+/// stages follow each other, so their means add up to the message's time from its sender's
+/// `x-occurred-at` to its ack.
+pub const STAGE_SECONDS: &str = "eventline_message_stage_seconds";
 /// Deliveries handled together in one transaction (1 for handlers that do not batch).
 pub const BATCH_SIZE: &str = "eventline_batch_size";
 /// Decisions taken again because another writer appended to the stream first.
@@ -79,6 +83,92 @@ impl Settled {
             Self::Unsettled => "unsettled",
         }
     }
+}
+
+/// A stage of a message's life in a worker: the `stage` label of [`STAGE_SECONDS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// From the sender's `x-occurred-at` to the worker's receipt (taking it from its
+    /// consumer, which a batching worker does only once a database lane is free): the
+    /// broker's queue, the network and the wait in the prefetch buffer for the lane (clamped
+    /// at 0 when the sender's clock is ahead).
+    QueueWait,
+    /// From receipt to the start of its batch's transaction: decoding, the token and
+    /// credential checks, and spans.
+    BatchWait,
+    /// From the batch's transaction start to its commit (the per-message transactions of a
+    /// batch that rolled back included).
+    Transaction,
+    /// From the commit to the ack: replies and dispatches confirmed, then the ack sent.
+    Settle,
+}
+
+impl Stage {
+    /// Every stage, in the order a message goes through them.
+    pub const ALL: [Self; 4] = [
+        Self::QueueWait,
+        Self::BatchWait,
+        Self::Transaction,
+        Self::Settle,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::QueueWait => "queue_wait",
+            Self::BatchWait => "batch_wait",
+            Self::Transaction => "transaction",
+            Self::Settle => "settle",
+        }
+    }
+}
+
+/// One worker session's [`STAGE_SECONDS`] histograms, registered once (at the first record
+/// after [`install`]) so that recording a message formats no label and allocates nothing;
+/// until `install` has run they record nothing, as every other function here.
+pub struct Stages {
+    namespace: String,
+    service: Service,
+    histograms: OnceLock<[metrics::Histogram; 4]>,
+}
+
+impl Stages {
+    pub fn new(namespace: &Namespace, service: Service) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            service,
+            histograms: OnceLock::new(),
+        }
+    }
+
+    /// `messages` messages each spent `spent` in `stage` (a batch's shared stages are one call).
+    pub fn record(&self, stage: Stage, spent: Duration, messages: usize) {
+        if let Some(histograms) = self.histograms() {
+            histograms[stage as usize].record_many(spent.as_secs_f64(), messages);
+        }
+    }
+
+    fn histograms(&self) -> Option<&[metrics::Histogram; 4]> {
+        if let Some(registered) = self.histograms.get() {
+            return Some(registered);
+        }
+        // Registered before the recorder exists, a handle would record nothing for good.
+        HANDLE.get()?;
+        Some(self.histograms.get_or_init(|| {
+            Stage::ALL.map(|stage| {
+                histogram!(STAGE_SECONDS,
+                    "namespace" => self.namespace.clone(),
+                    "service" => self.service.name(),
+                    "stage" => stage.label())
+            })
+        }))
+    }
+}
+
+/// The time from `earlier` (another clock's wall time, such as a sender's `x-occurred-at`)
+/// to `now`, and zero when `earlier` is ahead: clocks of two machines disagree, and a
+/// negative wait would drag a mean below the truth.
+pub fn wall_clock_since(earlier: time::OffsetDateTime, now: time::OffsetDateTime) -> Duration {
+    Duration::try_from(now - earlier).unwrap_or(Duration::ZERO)
 }
 
 /// Who waited for a confirm: the `publisher` label of [`CONFIRM_SECONDS`].
@@ -298,6 +388,44 @@ mod tests {
             offenders.is_empty(),
             "metrics recorded outside metrics.rs: {offenders:?}"
         );
+    }
+
+    #[test]
+    fn a_wait_from_a_clock_ahead_of_ours_is_zero_not_negative() {
+        let now = time::OffsetDateTime::now_utc();
+        let earlier = now - time::Duration::milliseconds(40);
+        assert_eq!(wall_clock_since(earlier, now), Duration::from_millis(40));
+        assert_eq!(
+            wall_clock_since(now + time::Duration::seconds(2), now),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn stages_render_with_one_series_each_and_shared_stages_count_every_message() {
+        let ns = Namespace::parse("metrics-stages").unwrap();
+        install();
+        let stages = Stages::new(&ns, Service::Catalog);
+        stages.record(Stage::Transaction, Duration::from_millis(4), 3);
+        stages.record(Stage::QueueWait, Duration::from_millis(1), 1);
+        let text = render();
+        let series = |stage: &str, suffix: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!("{STAGE_SECONDS}_{suffix}"))
+                        && l.contains("namespace=\"metrics-stages\"")
+                        && l.contains(&format!("stage=\"{stage}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        assert_eq!(series("transaction", "count"), Some(3.0), "{text}");
+        assert!(
+            (series("transaction", "sum").unwrap() - 0.012).abs() < 1e-9,
+            "{text}"
+        );
+        assert_eq!(series("queue_wait", "count"), Some(1.0), "{text}");
+        assert_eq!(series("settle", "count").unwrap_or(0.0), 0.0, "{text}");
     }
 
     #[test]

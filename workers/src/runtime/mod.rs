@@ -9,6 +9,7 @@
 //! [`sampler`] (lag and inbox gauges from the database), [`http`] (`/metrics`, `/healthz`,
 //! `/readyz`).
 
+pub mod acks;
 pub mod aggregate;
 pub mod backoff;
 pub mod broker;
@@ -29,6 +30,7 @@ pub mod shutdown;
 pub mod state_cache;
 pub mod store;
 pub mod token;
+pub mod token_cache;
 pub mod worker;
 
 pub use aggregate::{Aggregate, AggregateHandler, RejectionReason, State};

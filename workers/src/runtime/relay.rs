@@ -9,10 +9,12 @@
 //! Several relays may run; a PostgreSQL advisory lock makes one the leader and the others
 //! wait, so order holds across the fleet and a dead leader's lock is freed with its session.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use eventline_events::envelope::{HeaderValue, headers};
 use eventline_events::{MessageId, Metadata, OutgoingMessage, SCHEMA_VERSION, Topology};
+use futures_util::future::maybe_done;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use sqlx::Connection;
@@ -171,21 +173,41 @@ impl Relay {
                     () = shutdown.triggered() => break,
                 }
             }
-            // Pipelined: publish the whole batch, then wait for every confirm, in order.
-            let mut confirms = Vec::with_capacity(batch.len());
-            for event in &batch {
-                let mut message = outgoing(event);
-                traced(&mut message);
-                let confirm = channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        event.event_type.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &message.body,
-                        broker::properties(&message),
-                    )
-                    .await?;
-                confirms.push(confirm);
+            // Pipelined: every publish of the batch is queued on the channel, in log order,
+            // before any is awaited, and then one wait takes the confirms, in order. The first
+            // poll of `basic_publish` queues its frames and numbers its confirm; the rest of it
+            // only waits for the socket write. Awaiting each write before queueing the next
+            // event cost a wake-up of the I/O loop and a socket write per event; queued
+            // together, the loop writes the batch in a few.
+            let messages: Vec<OutgoingMessage> = batch
+                .iter()
+                .map(|event| {
+                    let mut message = outgoing(event);
+                    traced(&mut message);
+                    message
+                })
+                .collect();
+            let mut publishes = Vec::with_capacity(batch.len());
+            for (event, message) in batch.iter().zip(&messages) {
+                let mut publish = maybe_done(Box::pin(channel.basic_publish(
+                    exchange.as_str().into(),
+                    event.event_type.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &message.body,
+                    broker::properties(message),
+                )));
+                // Once, here, so the frames are queued in this order, whatever polls later.
+                let _ = futures_util::poll!(&mut publish);
+                publishes.push(publish);
+            }
+            let mut confirms = Vec::with_capacity(publishes.len());
+            for mut publish in publishes {
+                (&mut publish).await;
+                // Awaited to its end, it holds its output until taken, here, once.
+                let confirm = Pin::new(&mut publish)
+                    .take_output()
+                    .expect("a publish awaited to its end holds its output");
+                confirms.push(confirm?);
             }
             let started = std::time::Instant::now();
             for confirm in confirms {

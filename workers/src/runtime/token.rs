@@ -89,7 +89,6 @@ pub fn sign(claims: &Claims, key: &SigningKey) -> String {
     )
 }
 
-/// Checks a token's signature and expiry (`now` in Unix seconds) and returns its principal.
 /// A token for a new user with `role`, valid for `lifetime_s` seconds from now: what an
 /// operator, the demo or a test hands a client (auth signs its own tokens at log-in).
 pub fn mint(key: &SigningKey, role: Role, lifetime_s: i64) -> String {
@@ -105,7 +104,18 @@ pub fn mint(key: &SigningKey, role: Role, lifetime_s: i64) -> String {
     )
 }
 
+/// Checks a token's signature and expiry (`now` in Unix seconds) and returns its principal.
+/// Workers go through [`super::token_cache::TokenCache`], which calls this once per token.
 pub fn verify(token: &str, key: &VerifyingKey, now: i64) -> Result<Principal, TokenError> {
+    let claims = verify_claims(token, key, now)?;
+    Ok(Principal {
+        user_id: claims.sub,
+        role: claims.role,
+    })
+}
+
+/// [`verify`], returning the whole claims (the expiry too, which a cache must keep applying).
+pub fn verify_claims(token: &str, key: &VerifyingKey, now: i64) -> Result<Claims, TokenError> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -133,10 +143,7 @@ pub fn verify(token: &str, key: &VerifyingKey, now: i64) -> Result<Principal, To
     if claims.exp <= now {
         return Err(TokenError::Expired);
     }
-    Ok(Principal {
-        user_id: claims.sub,
-        role: claims.role,
-    })
+    Ok(claims)
 }
 
 /// Why a message that only the order saga may send was refused, or a reply to one of its

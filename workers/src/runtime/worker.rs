@@ -1,7 +1,9 @@
 //! The command worker: consumes a service's queues and hands each batch of deliveries to
 //! [`execute`] (the transactions) and then [`deliver`] (the settlement). This file is the
 //! lifecycle — connect, declare, consume, drain on shutdown, reconnect — and must never
-//! decide what happens to a message (`settle` does) nor ack one (`broker::carry_out` does).
+//! decide what happens to a message (`settle` does) nor ack one (`broker::carry_out` does;
+//! for a batch it records the ack, and the batch's settled run goes out as one `multiple` ack
+//! through [`super::acks`]).
 //!
 //! Per delivery, in order:
 //! 1. decode (poison → dead-letter queue with the reason, reply "rejected", ack);
@@ -11,7 +13,9 @@
 //!    append with the expected version, store the reply, commit. A version conflict reloads
 //!    and decides again at once;
 //! 3. reply on `reply_to` (after the commit: a reply never announces something uncommitted);
-//! 4. ack. A crash anywhere before the ack means redelivery, which step 2 makes harmless.
+//! 4. ack (a batch's deliveries: one `multiple` ack once every delivery up to its highest
+//!    tag is settled). A crash anywhere before the ack means redelivery, which step 2 makes
+//!    harmless.
 //!
 //! Group commit: for handlers that allow it ([`Handler::BATCH`]), the deliveries the broker
 //! has already sent (up to `MAX_BATCH`) are handled together in step 2 — one transaction,
@@ -27,6 +31,8 @@
 //! endless conflicts, a panicking handler, a stored dispatch that no longer decodes — becomes a
 //! [`Failure`](super::settle::Failure), and [`super::settle::settle`] alone turns it into ack,
 //! retry, requeue or dead letter under the configured [`RetryPolicy`](super::config::RetryPolicy).
+//! A panic that escapes that (in the runtime, outside the handler) ends the session: the
+//! closed channel returns every unacked delivery, and the reconnect loop starts again.
 
 mod deliver;
 mod execute;
@@ -41,8 +47,9 @@ use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicQosOptions};
 use tokio::task::JoinSet;
-use tracing::{Instrument, Span, info, info_span};
+use tracing::{Instrument, Span, error, info, info_span, warn};
 
+use super::acks::ChannelAcks;
 use super::backoff;
 use super::broker::{self, BrokerError, DeclaredQueues};
 use super::config::Config;
@@ -54,6 +61,7 @@ use super::settle::Failure;
 use super::shutdown::Shutdown;
 use super::store::EventStore;
 use super::token::{self, Principal, TokenError};
+use super::token_cache::{self, TokenCache};
 
 /// Most messages one transaction handles. A bigger batch amortizes the commit and the
 /// inbox statement further, but holds its first message's reply back longer.
@@ -67,6 +75,30 @@ const DB_LANES: usize = 1;
 /// Batches a worker holds at once: the one in its transaction, plus two settling with the
 /// broker (reply, dispatches, ack) meanwhile.
 const BATCHES_IN_FLIGHT: usize = DB_LANES + 2;
+
+/// Why a worker's session ended, for the reconnect loop (which logs it and starts again).
+/// The worker's own type, so a failure of the worker itself needs no variant in the shared
+/// [`BrokerError`].
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A batch's task panicked outside the handler (whose panics `execute` catches): its
+    /// deliveries will never be settled, and with `multiple` acks one unsettled tag holds back
+    /// every later run, so the session ends and the closed channel returns them all.
+    #[error(
+        "a batch task panicked ({0}); the session was closed so the broker redelivers every \
+         unacked delivery (the queue's delivery limit ends a message that keeps doing this). \
+         This is a bug in the worker: report it with this message"
+    )]
+    BatchPanicked(String),
+}
+
+impl From<lapin::Error> for SessionError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(BrokerError::Amqp(error))
+    }
+}
 
 /// How handling a message ended, before the settlement.
 #[derive(Debug)]
@@ -87,12 +119,29 @@ pub struct CommandWorker<H: Handler> {
     topology: Topology,
     store: EventStore,
     handler: H,
+    /// The session tokens verified so far, with the auth key (`None`: no key configured).
+    tokens: Option<TokenCache>,
 }
 
-/// One connection's publishing side, and what its declare found.
+/// One connection's publishing side, what its declare found, and its consume channel's acks.
 struct Session {
     publisher: Channel,
     declared: DeclaredQueues,
+    /// A batching worker's acks: one `multiple` ack per settled run. `None` (a handler that
+    /// does not batch, such as payments' slow provider calls, with any number in flight):
+    /// each delivery is acked alone, so one slow message never holds back the others' acks.
+    acks: Option<ChannelAcks>,
+    /// The stage histograms, registered once per session rather than once per message.
+    stages: metrics::Stages,
+}
+
+/// When the worker took a batch's deliveries from its consumer, by both clocks: the wall
+/// clock for the queue wait (from the sender's `x-occurred-at`), the monotonic one for the
+/// stages after it. Read once per batch, not per message.
+#[derive(Clone, Copy)]
+struct Receipt {
+    at: std::time::Instant,
+    wall: time::OffsetDateTime,
 }
 
 /// A delivery and what decoding it found, carried from receipt to settlement.
@@ -119,6 +168,10 @@ impl<H: Handler> CommandWorker<H> {
         readiness::report(&config.namespace, &Self::inbox_name(), false, "starting");
         Self {
             topology: Topology::new(config.namespace.clone()),
+            tokens: config
+                .auth
+                .verifying
+                .map(|key| TokenCache::new(key, token_cache::DEFAULT_CAPACITY)),
             config,
             store,
             handler,
@@ -148,7 +201,7 @@ impl<H: Handler> CommandWorker<H> {
     }
 
     /// One connection's lifetime: declare, consume, and on shutdown drain in-flight work.
-    async fn session(self: Arc<Self>, shutdown: &Shutdown) -> Result<(), BrokerError> {
+    async fn session(self: Arc<Self>, shutdown: &Shutdown) -> Result<(), SessionError> {
         let role = format!("{} worker {}", H::SERVICE, self.config.replica);
         let connection = broker::connect(&self.config.amqp_url, &role).await?;
         let declared =
@@ -160,6 +213,8 @@ impl<H: Handler> CommandWorker<H> {
         let session = Arc::new(Session {
             publisher: broker::confirm_channel(&connection).await?,
             declared,
+            acks: H::BATCH.then(|| ChannelAcks::new(consume.clone())),
+            stages: metrics::Stages::new(&self.config.namespace, H::SERVICE),
         });
         let mut queues = vec![match H::INPUT {
             Input::Commands => self.topology.command_queue(H::SERVICE),
@@ -201,20 +256,34 @@ impl<H: Handler> CommandWorker<H> {
         let result = loop {
             tokio::select! {
                 () = shutdown.triggered() => break Ok(()),
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(failed) = joined
+                        && failed.is_panic()
+                    {
+                        let panic = execute::panic_message(&*failed.into_panic());
+                        error!(%panic, replica = %self.config.replica, "a batch task panicked; ending the session so its deliveries are redelivered");
+                        break Err(SessionError::BatchPanicked(panic));
+                    }
+                }
                 permit = lane.clone().acquire_owned(), if H::BATCH && turn.is_none() => {
                     turn = permit.ok();
                 }
                 next = deliveries.next(), if in_flight.len() < max_in_flight && (turn.is_some() || !H::BATCH) => match next {
                     Some((queue, Ok(delivery))) => {
                         // What the broker has already sent joins the batch; nothing waits for more.
+                        // Taken only once a database lane is free: the wait for it is spent in
+                        // the consumer's buffer, so the queue wait stage includes it.
+                        let receipt = Receipt {
+                            at: std::time::Instant::now(),
+                            wall: time::OffsetDateTime::now_utc(),
+                        };
                         let mut batch = vec![(queue, delivery)];
                         let mut failed = None;
                         while batch.len() < max_batch {
                             match deliveries.next().now_or_never() {
                                 Some(Some((queue, Ok(delivery)))) => batch.push((queue, delivery)),
                                 Some(Some((_, Err(error)))) => {
-                                    failed = Some(BrokerError::Amqp(error));
+                                    failed = Some(SessionError::from(error));
                                     break;
                                 }
                                 Some(None) | None => break,
@@ -223,13 +292,13 @@ impl<H: Handler> CommandWorker<H> {
                         let this = self.clone();
                         let session = session.clone();
                         let turn = turn.take();
-                        in_flight.spawn(async move { this.process(&session, batch, turn).await });
+                        in_flight.spawn(async move { this.process(&session, batch, receipt, turn).await });
                         if let Some(error) = failed {
                             break Err(error);
                         }
                     }
-                    Some((_, Err(error))) => break Err(BrokerError::Amqp(error)),
-                    None => break Err(BrokerError::ConsumerCancelled(queues.join(", "))),
+                    Some((_, Err(error))) => break Err(error.into()),
+                    None => break Err(BrokerError::ConsumerCancelled(queues.join(", ")).into()),
                 },
             }
         };
@@ -243,9 +312,24 @@ impl<H: Handler> CommandWorker<H> {
             }
         }
         while in_flight.join_next().await.is_some() {}
-        if result.is_ok() {
-            let _ = connection.close(200, "worker shutting down".into()).await;
-            info!(replica = %self.config.replica, "stopped cleanly");
+        // What is settled but held back by a delivery still in a consumer's buffer is acked
+        // now; that delivery goes back to the queue with the channel.
+        if let (Ok(()), Some(acks)) = (&result, &session.acks)
+            && let Err(error) = acks.ack_all_settled().await
+        {
+            warn!(%error, "could not ack the last settled deliveries; the broker will redeliver them");
+        }
+        match &result {
+            Ok(()) => {
+                let _ = connection.close(200, "worker shutting down".into()).await;
+                info!(replica = %self.config.replica, "stopped cleanly");
+            }
+            // The connection is healthy: close it now rather than whenever it is dropped, so
+            // the broker returns the panicked batch's deliveries before the reconnect.
+            Err(SessionError::BatchPanicked(_)) => {
+                let _ = connection.close(541, "a batch task panicked".into()).await;
+            }
+            Err(SessionError::Broker(_)) => {}
         }
         result
     }
@@ -255,13 +339,23 @@ impl<H: Handler> CommandWorker<H> {
         &self,
         session: &Session,
         deliveries: Vec<(Arc<str>, Delivery)>,
+        receipt: Receipt,
         turn: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         let mut items: Vec<Received<H::Command>> = deliveries
             .into_iter()
             .map(|(queue, d)| self.receive(queue, d))
             .collect();
+        let stages = &session.stages;
+        for metadata in items.iter().filter_map(|item| item.metadata.as_ref()) {
+            let waited = metrics::wall_clock_since(metadata.occurred_at, receipt.wall);
+            stages.record(metrics::Stage::QueueWait, waited, 1);
+        }
+        let begun = std::time::Instant::now();
+        stages.record(metrics::Stage::BatchWait, begun - receipt.at, items.len());
         self.handle_all(&mut items).await;
+        let committed = std::time::Instant::now();
+        stages.record(metrics::Stage::Transaction, committed - begun, items.len());
         metrics::batch_handled(&self.config.namespace, H::SERVICE, items.len());
         drop(turn);
         // Concurrently: each waits only for its own confirms, so the publishes of the whole
@@ -274,6 +368,15 @@ impl<H: Handler> CommandWorker<H> {
             self.settle(session, item, outcome).instrument(span)
         }))
         .await;
+        // The batch's acks, as one: every delivery up to the highest tag settled without a
+        // gap (an earlier batch still settling holds this one's acks back for its own run).
+        if let Some(acks) = &session.acks
+            && let Err(error) = acks.ack_settled_run().await
+        {
+            // The channel is gone: the broker redelivers, and the inbox makes that harmless.
+            warn!(%error, "could not ack a settled run; the broker will redeliver it");
+        }
+        stages.record(metrics::Stage::Settle, committed.elapsed(), items.len());
     }
 
     /// Decodes a delivery and opens its span.
@@ -373,12 +476,8 @@ impl<H: Handler> CommandWorker<H> {
             Some(_) => return Err(TokenError::Malformed),
             None => return Err(TokenError::Missing),
         };
-        let key = self
-            .config
-            .auth
-            .verifying
-            .as_ref()
-            .ok_or(TokenError::NoKey)?;
-        token::verify(token, key, time::OffsetDateTime::now_utc().unix_timestamp())
+        // Once per token: a session sends the same one on every command.
+        let tokens = self.tokens.as_ref().ok_or(TokenError::NoKey)?;
+        tokens.verify(token, time::OffsetDateTime::now_utc().unix_timestamp())
     }
 }

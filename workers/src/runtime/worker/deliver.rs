@@ -99,6 +99,7 @@ impl<H: Handler> CommandWorker<H> {
                 &item.delivery,
                 &settlement,
                 &route,
+                session.acks.as_ref(),
                 body,
                 &redact_secrets(body),
                 self.reply(session, item, &reply),
