@@ -22,6 +22,7 @@ mod raw_broker;
 mod raw_db;
 mod report;
 mod saga;
+mod stages;
 mod system;
 mod usage;
 
@@ -216,6 +217,16 @@ async fn measure(
             if observe { &mut on } else { &mut off }.push(measured);
         }
     }
+    // The same workers (metrics on) below saturation, for where the stages' time goes there.
+    let workload = within(
+        "adding products",
+        SETUP_PATIENCE,
+        system.seed("b70", plan.products, progress),
+    )
+    .await?;
+    let rate = STAGES_FRACTION * saturation.load.achieved_per_s;
+    let label = format!("{:.0}% of saturation, metrics on", STAGES_FRACTION * 100.0);
+    let on_at_70 = point(plan, system, progress, &label, &workload, Some(rate)).await?;
     system.observe(None);
     within("starting the workers", SETUP_PATIENCE, system.start(base)).await?;
     let best = |points: Vec<PointReport>| {
@@ -227,6 +238,7 @@ async fn measure(
     let observability = report::Observability {
         off: best(off),
         on: best(on),
+        on_at_70,
     };
 
     let mut offered = Vec::new();
@@ -390,6 +402,13 @@ async fn point(
     // Every command ends within the request timeout, so a point that runs much longer than
     // its window means a service stopped answering.
     let patience = plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE;
+    // Warm-up included: the workers' counters cannot be read at the window's edge exactly.
+    let workers = system.worker_metrics();
+    let stages_before = if workers.is_empty() {
+        None
+    } else {
+        Some(stages::scrape(workers).await?)
+    };
     let (load, usage) = match rate {
         None => {
             let mut probe = UsageProbe::new(&system.database_name);
@@ -404,6 +423,10 @@ async fn point(
             (within(label, patience, open).await?, None)
         }
     };
+    let stages = match stages_before {
+        Some(before) => Some(stages::scrape(workers).await?.means_since(&before)),
+        None => None,
+    };
     let (appended, conflicts) = system.since(before).await?;
     let (relay_lag, projection_lag) = system.lags().await?;
     let report = PointReport {
@@ -417,6 +440,7 @@ async fn point(
         relay_lag,
         projection_lag,
         usage,
+        stages,
     };
     let l = &report.load;
     progress.done(format!(
@@ -431,6 +455,9 @@ async fn point(
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
     ));
+    if let Some(stages) = &report.stages {
+        progress.note(format!("stages      {label:<30} {}", stages.line()));
+    }
     ensure!(
         l.sent > 0,
         "no command was sent during {label}; see the worker logs in {}",
@@ -438,6 +465,9 @@ async fn point(
     );
     Ok(report)
 }
+
+/// The fraction of saturation at which the stages are also measured (with metrics on).
+const STAGES_FRACTION: f64 = 0.7;
 
 /// How long connecting, declaring or seeding may take before the run is declared stuck.
 const SETUP_PATIENCE: Duration = Duration::from_secs(120);
@@ -480,6 +510,7 @@ fn step_count(plan: &Plan) -> u64 {
     let raw = 4 + 5;
     let e2e = 1
         + 2 * OBSERVABILITY_ROUNDS
+        + 1
         + plan.offered_fractions.len()
         + 1
         + (plan.replicas.len() - 1)

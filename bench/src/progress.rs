@@ -38,12 +38,17 @@ impl Progress {
 
     /// Ends a phase, printing its one-line result above the bar.
     pub fn done(&self, line: impl AsRef<str>) {
+        self.note(line);
+        self.bar.inc(1);
+    }
+
+    /// Prints one more line of the current phase's result above the bar.
+    pub fn note(&self, line: impl AsRef<str>) {
         if self.bar.is_hidden() {
             eprintln!("{}", line.as_ref());
         } else {
             self.bar.println(line.as_ref());
         }
-        self.bar.inc(1);
     }
 
     pub fn finish(&self) {

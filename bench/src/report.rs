@@ -49,6 +49,9 @@ pub struct PointReport {
     pub projection_lag: i64,
     /// CPU and memory over the window (saturation points only).
     pub usage: Option<Usage>,
+    /// Each stage's mean per message inside the workers, from their `/metrics` (points run
+    /// with metrics on only).
+    pub stages: Option<crate::stages::StageMeans>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -78,6 +81,9 @@ pub struct EndToEnd {
 pub struct Observability {
     pub off: PointReport,
     pub on: PointReport,
+    /// 70% of saturation with metrics on, right after `on`: where the stages' time goes
+    /// below saturation.
+    pub on_at_70: PointReport,
 }
 
 impl Observability {
@@ -280,8 +286,12 @@ impl Report {
             "errors",
             "confl"
         )?;
-        let mut rows: Vec<&PointReport> =
-            vec![&e.saturation, &e.observability.off, &e.observability.on];
+        let mut rows: Vec<&PointReport> = vec![
+            &e.saturation,
+            &e.observability.off,
+            &e.observability.on,
+            &e.observability.on_at_70,
+        ];
         rows.extend(e.offered.iter());
         rows.push(&e.conflict_heavy);
         rows.extend(e.scaling.iter().skip(1));
@@ -327,6 +337,11 @@ impl Report {
             e.observability.off.load.achieved_per_s,
             e.observability.on.load.achieved_per_s
         )?;
+        for p in [&e.observability.on, &e.observability.on_at_70] {
+            if let Some(stages) = &p.stages {
+                writeln!(out, "  stages, {}: {}", p.label, stages.line())?;
+            }
+        }
         let fill = &e.log_growth.fill;
         writeln!(
             out,

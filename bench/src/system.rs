@@ -48,6 +48,10 @@ pub struct System {
     supervisor: Supervisor,
     clients: Vec<Arc<Client>>,
     workers: Vec<String>,
+    /// Whether children started from now on serve metrics (see [`System::observe`]).
+    metrics_on: bool,
+    /// Each running catalog worker's metrics address, when they serve metrics.
+    metrics: Vec<std::net::SocketAddr>,
     timeout: Duration,
     /// Signed for this run's key; lets the setup add products.
     admin_token: String,
@@ -140,6 +144,8 @@ impl System {
             supervisor,
             clients: Vec::new(),
             workers: Vec::new(),
+            metrics_on: false,
+            metrics: Vec::new(),
             timeout: plan.request_timeout,
             admin_token,
             customer_token,
@@ -160,6 +166,12 @@ impl System {
         self.supervisor
             .set_env(eventline_workers::runtime::http::ADDRESS_VAR, metrics);
         self.supervisor.set_env("OTEL_SDK_DISABLED", tracing_off);
+        self.metrics_on = metrics.is_some();
+    }
+
+    /// The running catalog workers' metrics addresses (empty unless they serve metrics).
+    pub fn worker_metrics(&self) -> &[std::net::SocketAddr] {
+        &self.metrics
     }
 
     pub fn clients(&self) -> &[Arc<Client>] {
@@ -194,11 +206,28 @@ impl System {
     pub async fn start(&mut self, replicas: usize) -> anyhow::Result<()> {
         self.stop().await;
         self.supervisor.spawn("relay", &["relay"])?;
+        let any_port = self.metrics_on.then_some("127.0.0.1:0");
         for i in 1..=replicas {
             let name = format!("catalog-{i}");
+            // A port of its own that the bench knows, so it can scrape this worker: one the
+            // kernel just handed out and took back (another process could take it meanwhile;
+            // the worker then fails to start and the wait below says so).
+            let address = if self.metrics_on {
+                let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+                self.supervisor.set_env(
+                    eventline_workers::runtime::http::ADDRESS_VAR,
+                    Some(&free.to_string()),
+                );
+                Some(free)
+            } else {
+                None
+            };
             self.supervisor.spawn(&name, &["worker", "catalog"])?;
             self.workers.push(name);
+            self.metrics.extend(address);
         }
+        self.supervisor
+            .set_env(eventline_workers::runtime::http::ADDRESS_VAR, any_port);
         self.wait_for_consumers(replicas).await
     }
 
@@ -236,6 +265,7 @@ impl System {
     pub async fn stop(&mut self) {
         self.supervisor.stop_all(PATIENCE).await;
         self.workers.clear();
+        self.metrics.clear();
     }
 
     async fn wait_for_consumers(&mut self, replicas: usize) -> anyhow::Result<()> {
