@@ -48,6 +48,7 @@ use super::broker::{self, BrokerError, DeclaredQueues};
 use super::config::Config;
 use super::handler::{Dispatch, Handler, Input};
 use super::metrics;
+use super::presence;
 use super::propagation;
 use super::readiness;
 use super::settle::Failure;
@@ -261,6 +262,12 @@ impl<H: Handler> CommandWorker<H> {
             .into_iter()
             .map(|(queue, d)| self.receive(queue, d))
             .collect();
+        presence::received(
+            &self.config.namespace,
+            H::SERVICE,
+            &self.config.replica,
+            items.len(),
+        );
         self.handle_all(&mut items).await;
         metrics::batch_handled(&self.config.namespace, H::SERVICE, items.len());
         drop(turn);
