@@ -18,6 +18,8 @@ pub mod broker_users;
 #[cfg(feature = "operator")]
 pub mod chaos;
 #[cfg(feature = "operator")]
+pub mod dashboard;
+#[cfg(feature = "operator")]
 pub mod demo;
 #[cfg(feature = "operator")]
 pub mod logging;

@@ -11,6 +11,7 @@ mod batch;
 mod catalog;
 mod concurrency;
 mod crash;
+mod dashboard;
 mod dead_letters;
 mod errors;
 mod forged_saga_input;

@@ -11,6 +11,7 @@
 
 mod broker_users;
 mod chaos;
+mod dashboard;
 mod database;
 mod dead_letters;
 mod demo;
@@ -107,6 +108,10 @@ enum Command {
     /// Read models: check them against the log, or rebuild one without downtime.
     #[command(subcommand)]
     Projections(eventline::projections::ProjectionsAction),
+    /// Serve a live view of the system on loopback (default http://127.0.0.1:8080/): the
+    /// seed's diagram with every live replica, queue, reader lag and order outcome in it;
+    /// click an order for its causal path.
+    Dashboard(eventline::dashboard::DashboardOptions),
 }
 
 /// What every subcommand is given: the configuration from the environment and the global
@@ -187,5 +192,6 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Demo(options) => demo::run(options, globals).await,
         Command::Chaos(options) => chaos::run(options, globals).await,
         Command::Projections(action) => projections::run(action, globals).await,
+        Command::Dashboard(options) => dashboard::run(options, globals).await,
     }
 }
