@@ -22,6 +22,8 @@ pub mod dashboard;
 #[cfg(feature = "operator")]
 pub mod demo;
 #[cfg(feature = "operator")]
+pub mod lessons;
+#[cfg(feature = "operator")]
 pub mod logging;
 #[cfg(feature = "operator")]
 pub mod projections;

@@ -17,6 +17,7 @@ mod errors;
 mod forged_saga_input;
 mod idempotency;
 mod least_privilege;
+mod lessons;
 mod load;
 mod observability;
 mod poison;

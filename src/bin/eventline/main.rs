@@ -16,6 +16,7 @@ mod database;
 mod dead_letters;
 mod demo;
 mod keygen;
+mod lesson;
 mod migrate;
 mod orders;
 mod place_order;
@@ -112,6 +113,9 @@ enum Command {
     /// seed's diagram with every live replica, queue, reader lag and order outcome in it;
     /// click an order for its causal path.
     Dashboard(eventline::dashboard::DashboardOptions),
+    /// Run one of the seed's ten ideas as a live scenario on a small system of its own, and
+    /// check its claim: exit 0 if it held, 1 (with the reason) if not. `--list` names them.
+    Lesson(eventline::lessons::LessonOptions),
 }
 
 /// What every subcommand is given: the configuration from the environment and the global
@@ -193,5 +197,6 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Chaos(options) => chaos::run(options, globals).await,
         Command::Projections(action) => projections::run(action, globals).await,
         Command::Dashboard(options) => dashboard::run(options, globals).await,
+        Command::Lesson(options) => lesson::run(options, globals).await,
     }
 }
