@@ -21,6 +21,7 @@ mod lessons;
 mod load;
 mod observability;
 mod poison;
+mod presence;
 mod projections;
 mod python_client;
 mod readers;
