@@ -13,7 +13,7 @@ use crate::support::{PATIENCE, TestSystem};
 
 #[tokio::test]
 async fn a_replica_announces_what_it_handled_and_nothing_secret() {
-    let mut system = TestSystem::with_catalog(1).await;
+    let system = TestSystem::with_catalog(1).await;
     let connection = broker::connect(&system.config.amqp_url, "presence probe")
         .await
         .unwrap();
