@@ -19,7 +19,7 @@ pub async fn concurrency(lab: &mut Lab) -> anyhow::Result<Verdict> {
     let outcomes = orders(lab, "mug", "tok_visa", 10, 10).await?;
     let confirmed = outcomes.iter().filter(|o| o.status == "confirmed").count();
     let (available, reserved, sold) = settled_stock(lab, "mug").await?;
-    let conflicts: i64 = sqlx::query_scalar(
+    let events: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM event_log WHERE stream_id = 'catalog.product-mug'",
     )
     .fetch_one(lab.store.pool())
@@ -28,7 +28,7 @@ pub async fn concurrency(lab: &mut Lab) -> anyhow::Result<Verdict> {
         confirmed == 5 && available == 0 && reserved == 0 && sold == 5,
         format!(
             "{confirmed} of 10 confirmed; mug: available {available}, reserved {reserved}, sold {sold}; \
-             its stream has {conflicts} events, each at its own version"
+             its stream has {events} events, each at its own version"
         ),
     ))
 }

@@ -158,20 +158,6 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    pub fn held(evidence: impl Into<String>) -> Self {
-        Self {
-            held: true,
-            evidence: evidence.into(),
-        }
-    }
-
-    pub fn failed(evidence: impl Into<String>) -> Self {
-        Self {
-            held: false,
-            evidence: evidence.into(),
-        }
-    }
-
     /// Held exactly when `ok`.
     pub fn check(ok: bool, evidence: impl Into<String>) -> Self {
         Self {

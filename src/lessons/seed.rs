@@ -36,8 +36,8 @@ pub(super) async fn settled_stock(lab: &Lab, product: &str) -> anyhow::Result<(i
     }
 }
 
-/// Places `n` orders of one `product` with `card`, `parallel` at a time; `after_each` sees
-/// how many have ended so far (a lesson acts mid-flow from it).
+/// Places `n` orders of one `product` with `card`, `parallel` at a time, and returns their
+/// outcomes.
 pub(super) async fn orders(
     lab: &Lab,
     product: &str,
