@@ -22,8 +22,10 @@ use crate::supervisor::Supervisor;
 
 /// How long any one wait of a lesson may take before it fails, naming what it waited for.
 pub const PATIENCE: Duration = Duration::from_secs(20);
-/// How long the saga waits for catalog and payments before it cancels an order.
-pub const SAGA_TIMEOUT_MS: u64 = 3000;
+/// How long the saga waits for catalog and payments before it cancels an order: long enough
+/// that a busy machine's redelivery after a SIGKILL never passes for a timeout (fault
+/// tolerance), short enough that the lesson on independent failures sees one in seconds.
+pub const SAGA_TIMEOUT_MS: u64 = 5000;
 
 /// One lesson's running system.
 pub struct Lab {
