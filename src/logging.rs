@@ -6,13 +6,16 @@
 //! collected by a container runtime stay plain text. JSON lines carry the current span and
 //! the list of enclosing spans, so each line names the message (message, correlation and
 //! causation ids, type, service, replica, and its `trace_id` and `span_id`) it belongs to.
-//! The OpenTelemetry layer is always installed, so spans have W3C ids that messages carry
-//! across processes (`eventline_workers::runtime::propagation`); without an endpoint they are
-//! simply not exported; `OTEL_SDK_DISABLED=true` leaves the layer out (the bench measures the
-//! difference). This module must never log anything itself, nor read secrets.
+//! Spans always have W3C ids, which messages carry across processes
+//! (`eventline_workers::runtime::propagation`): from the OpenTelemetry layer when an endpoint is
+//! set, else from the much cheaper `span_ids` layer, which makes the same ids and builds no
+//! OpenTelemetry span to throw away. `OTEL_SDK_DISABLED=true` leaves both out (messages then
+//! pass their context on unchanged; the bench measures the difference). This module must
+//! never log anything itself, nor read secrets.
 
 use std::io::IsTerminal;
 
+use eventline_workers::runtime::span_ids::SpanIdLayer;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -23,12 +26,14 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// Flushes the spans not yet exported when dropped: keep it until the command ends.
 #[must_use = "dropping it at once would stop the span export"]
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown();
+        if let Some(provider) = &self.provider {
+            let _ = provider.shutdown();
+        }
     }
 }
 
@@ -36,12 +41,24 @@ impl Drop for Telemetry {
 pub fn init(default: &str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var("EVENTLINE_LOG").is_ok_and(|v| v == "json");
-    let (provider, exporter_error) = tracer_provider();
-    // OTel's own off switch: no spans made at all (messages still pass their context on).
+    // OTel's own off switch: no span ids at all (messages still pass their context on).
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-    let spans = (!disabled)
-        .then(|| tracing_opentelemetry::layer().with_tracer(provider.tracer("eventline")));
-    let registry = tracing_subscriber::registry().with(filter).with(spans);
+    let exporting = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+    let (provider, exporter_error) = match (disabled, exporting) {
+        (false, true) => match exporting_provider() {
+            Ok(provider) => (Some(provider), None),
+            Err(error) => (None, Some(error)),
+        },
+        _ => (None, None),
+    };
+    let exported = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("eventline")));
+    let ids = (!disabled && provider.is_none()).then_some(SpanIdLayer);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(exported)
+        .with(ids);
     let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
@@ -58,24 +75,20 @@ pub fn init(default: &str) -> Telemetry {
     Telemetry { provider }
 }
 
-/// The tracer provider: exporting over OTLP/gRPC (batched, off the message path) when an
-/// endpoint is configured, else only giving spans their ids. `OTEL_SERVICE_NAME` names the
-/// process in the traces, `eventline` when unset.
-fn tracer_provider() -> (SdkTracerProvider, Option<String>) {
+/// The tracer provider exporting over OTLP/gRPC (batched, off the message path) to the
+/// configured endpoint. `OTEL_SERVICE_NAME` names the process in the traces, `eventline` when
+/// unset.
+fn exporting_provider() -> Result<SdkTracerProvider, String> {
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name("eventline");
     }
-    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
-    let mut error = None;
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-        {
-            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
-            Err(e) => error = Some(e.to_string()),
-        }
-    }
-    (builder.build(), error)
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_batch_exporter(exporter)
+        .build())
 }

@@ -28,3 +28,4 @@ mod readers;
 mod relay;
 mod saga;
 mod settlement;
+mod span_export;

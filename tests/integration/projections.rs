@@ -8,6 +8,7 @@ use eventline_events::Service;
 use eventline_events::auth::Role;
 use eventline_events::values::OrderId;
 use eventline_workers::runtime::projection::{self, Drift, ProjectionError};
+use eventline_workers::runtime::readiness;
 use eventline_workers::services::catalog::ProductsProjection;
 use eventline_workers::services::orders::OrdersProjection;
 use futures_util::future::join_all;
@@ -157,6 +158,19 @@ async fn an_event_the_projection_cannot_apply_poisons_it_with_a_reason() {
     let system = TestSystem::with_catalog(1).await;
     system.add_product("tea", 1).await;
     system.wait_for_projection().await;
+    let projector = || {
+        readiness::snapshot(&system.namespace)
+            .components
+            .into_iter()
+            .find(|c| c.component == "projection.catalog_products")
+    };
+    eventually("the projector to say it projects", || async {
+        match projector() {
+            Some(c) if c.ready => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     // A reservation the catalog would never record (more than its stock), written raw:
     // applying it breaks the read model's `available >= 0`.
     let position: i64 = sqlx::query_scalar(
@@ -180,6 +194,15 @@ async fn an_event_the_projection_cannot_apply_poisons_it_with_a_reason() {
         reason.contains(&format!("position {position}")),
         "the reason names the event: {reason}"
     );
+    // An operator sees it without reading logs: the process is not ready, and says why.
+    eventually("readiness to show the poison", || async {
+        match projector() {
+            Some(c) if !c.ready && c.detail.contains("poisoned") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(!readiness::snapshot(&system.namespace).ready);
     assert_eq!(
         system.stock("tea").await,
         (1, 0, 0),

@@ -28,6 +28,7 @@ pub mod relay;
 pub mod sampler;
 pub mod settle;
 pub mod shutdown;
+pub mod span_ids;
 pub mod state_cache;
 pub mod store;
 pub mod token;

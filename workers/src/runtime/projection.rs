@@ -27,8 +27,12 @@ use sqlx::{Acquire, PgConnection};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use eventline_events::Namespace;
+
 use super::backoff;
 use super::log_reader::{HOLE_POLL_INTERVAL, LogReader};
+use super::metrics::{self, Peer};
+use super::readiness;
 use super::shutdown::Shutdown;
 use super::store::{EventStore, RecordedEvent, StoreError};
 
@@ -79,30 +83,63 @@ impl From<sqlx::Error> for ProjectionError {
 }
 
 /// Keeps a projection current until shutdown. `progress` receives the position applied through.
+///
+/// It reports to `/readyz` under its name: ready while it projects or stands by for
+/// another replica, not ready while it is starting, reconnecting, or poisoned (its read model
+/// has stopped moving until somebody rebuilds it).
 pub async fn run<P: Projection>(
     projection: P,
     store: EventStore,
+    namespace: Namespace,
     shutdown: Shutdown,
     progress: watch::Sender<i64>,
 ) {
+    let ready = Ready {
+        namespace: &namespace,
+        component: P::NAME,
+    };
+    ready.report(false, "starting");
     let (projection, store, stop, progress) = (&projection, &store, &shutdown, &progress);
     // A poisoned projection waits for a rebuild, not for a backoff: only other failures
     // (connection, database) end the session and go through the reconnect loop.
     backoff::reconnect(shutdown.token(), P::NAME, || async move {
         loop {
-            match follow(projection, store, stop, progress).await {
+            match follow(projection, store, ready, stop, progress).await {
                 Err(ProjectionError::Poisoned { reason, .. }) => {
                     // Logged once where it was found; here only wait for a rebuild to clear it.
                     warn!(projection = P::NAME, %reason, "projection poisoned; waiting for `eventline projections rebuild`");
+                    ready.report(false, format!("poisoned, waiting for a rebuild: {reason}"));
                     if !wait_for_cure::<P>(store, stop).await {
                         return Ok(());
                     }
                 }
-                ended => return ended,
+                Err(error) => {
+                    ready.report(false, error.to_string());
+                    // A fenced projector re-elects; only a failed database session reconnects.
+                    if matches!(error, ProjectionError::Store(_)) {
+                        metrics::reconnecting(ready.namespace, "projection", Peer::Database);
+                    }
+                    return Err(error);
+                }
+                Ok(()) => return Ok(()),
             }
         }
     })
     .await;
+    readiness::remove(&namespace, P::NAME);
+}
+
+/// Where a projector tells `/readyz` how it is doing.
+#[derive(Clone, Copy)]
+struct Ready<'a> {
+    namespace: &'a Namespace,
+    component: &'a str,
+}
+
+impl Ready<'_> {
+    fn report(self, ready: bool, detail: impl Into<String>) {
+        readiness::report(self.namespace, self.component, ready, detail);
+    }
 }
 
 /// Waits until the projection's poison is cleared; false on shutdown.
@@ -132,6 +169,7 @@ pub async fn poison(store: &EventStore, name: &str) -> Result<Option<String>, St
 /// it, and every batch is applied on it, so a projector whose lock is gone cannot commit.
 async fn elect<P: Projection>(
     store: &EventStore,
+    ready: Ready<'_>,
     shutdown: &Shutdown,
     owner: &str,
 ) -> Result<Option<(PgConnection, Elected)>, ProjectionError> {
@@ -150,6 +188,7 @@ async fn elect<P: Projection>(
                 projection = P::NAME,
                 "another replica projects; standing by"
             );
+            ready.report(true, "standing by: another replica projects");
             waiting_logged = true;
         }
         tokio::select! {
@@ -246,11 +285,12 @@ async fn apply_batch<P: Projection>(
 async fn follow<P: Projection>(
     projection: &P,
     store: &EventStore,
+    ready: Ready<'_>,
     shutdown: &Shutdown,
     progress: &watch::Sender<i64>,
 ) -> Result<(), ProjectionError> {
     let owner = format!("{}:{}", std::process::id(), uuid::Uuid::now_v7().simple());
-    let Some((mut conn, elected)) = elect::<P>(store, shutdown, &owner).await? else {
+    let Some((mut conn, elected)) = elect::<P>(store, ready, shutdown, &owner).await? else {
         return Ok(());
     };
     if let Some(reason) = elected.poison {
@@ -267,6 +307,7 @@ async fn follow<P: Projection>(
         epoch,
         "projecting"
     );
+    ready.report(true, "the projector, projecting");
     progress.send_replace(reader.position());
     let mut last_check = tokio::time::Instant::now();
     loop {

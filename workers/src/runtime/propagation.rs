@@ -3,13 +3,16 @@
 //! replies and the relay.
 //!
 //! The wire side (header names, their shape) is [`eventline_events::trace`]; this module is the
-//! one bridge between it and the `tracing` spans, through `tracing-opentelemetry`. A process
-//! whose subscriber has no OpenTelemetry layer still passes the incoming context on unchanged,
-//! so a trace survives an untraced hop (with that hop missing). This module must never export,
+//! one bridge between it and the `tracing` spans: through `tracing-opentelemetry` when that
+//! layer is installed (spans are exported), else through the ids of
+//! [`crate::runtime::span_ids`] (the same trace, at a fraction of the cost). A process whose
+//! subscriber has neither still passes the incoming context on unchanged, so a trace survives
+//! an untraced hop (with that hop missing). This module must never export,
 //! log, or decide anything about a message's fate.
 
 use std::borrow::Cow;
 
+use crate::runtime::span_ids;
 use eventline_events::OutgoingMessage;
 use eventline_events::trace::TraceContext;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
@@ -21,10 +24,20 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// and returns the context to put on whatever it causes: its own, or `incoming` unchanged
 /// when this process does not trace.
 pub fn continue_trace(span: &Span, incoming: Option<&TraceContext>) -> Option<TraceContext> {
-    if let Some(parent) = incoming.and_then(remote_parent) {
-        // Fails only when the span is disabled or already started: then it has no context of
-        // its own, and `incoming` is passed on below.
-        let _ = span.set_parent(parent);
+    if let Some(incoming) = incoming {
+        if let Some(parent) = remote_parent(incoming) {
+            // Fails only when the span is disabled or already started: then it has no context
+            // of its own, and `incoming` is passed on below.
+            let _ = span.set_parent(parent);
+        }
+        if let Ok(trace_id) = u128::from_str_radix(incoming.trace_id(), 16) {
+            span_ids::set_remote_parent(
+                span,
+                trace_id,
+                incoming.sampled(),
+                incoming.tracestate.as_deref(),
+            );
+        }
     }
     let own = of(span);
     if let Some(trace) = own.as_ref().or(incoming) {
@@ -42,7 +55,13 @@ pub fn of(span: &Span) -> Option<TraceContext> {
     let otel = cx.span();
     let context = otel.span_context();
     if !context.is_valid() {
-        return None;
+        let ids = span_ids::get(span)?;
+        return TraceContext::new(
+            &format!("{:032x}", ids.trace_id),
+            &format!("{:016x}", ids.span_id),
+            ids.sampled,
+            ids.state.as_deref(),
+        );
     }
     let state = context.trace_state().header();
     TraceContext::new(
@@ -112,5 +131,31 @@ mod tests {
         let span = tracing::info_span!("message", trace_id = tracing::field::Empty);
         assert_eq!(continue_trace(&span, incoming.as_ref()), incoming);
         assert_eq!(continue_trace(&span, None), None);
+    }
+
+    #[test]
+    fn with_span_ids_a_message_span_continues_the_senders_trace_as_its_child() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(span_ids::SpanIdLayer);
+        tracing::subscriber::with_default(subscriber, || {
+            let incoming = TraceContext::parse(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                Some("vendor=1"),
+            )
+            .unwrap();
+            let span = tracing::info_span!("message", trace_id = tracing::field::Empty);
+            let own = continue_trace(&span, Some(&incoming)).expect("a context of its own");
+            assert_eq!(own.trace_id(), incoming.trace_id());
+            assert_ne!(own.parent_span_id(), incoming.parent_span_id());
+            assert!(own.sampled());
+            assert_eq!(own.tracestate.as_deref(), Some("vendor=1"));
+            // What the handling sends names this span, from inside it too.
+            let step = span.in_scope(|| of(&Span::current())).unwrap();
+            assert_eq!(step, own);
+            // A message with no context starts a trace of its own.
+            let fresh = tracing::info_span!("message", trace_id = tracing::field::Empty);
+            let started = continue_trace(&fresh, None).expect("a new trace");
+            assert_ne!(started.trace_id(), incoming.trace_id());
+        });
     }
 }

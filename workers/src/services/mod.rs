@@ -50,6 +50,7 @@ pub async fn run(service: Service, mut config: Config, store: EventStore, shutdo
             tasks.spawn(projection::run(
                 catalog::ProductsProjection,
                 store.clone(),
+                config.namespace.clone(),
                 shutdown.clone(),
                 watch::Sender::new(0),
             ));
@@ -64,6 +65,7 @@ pub async fn run(service: Service, mut config: Config, store: EventStore, shutdo
             tasks.spawn(projection::run(
                 orders::OrdersProjection,
                 store.clone(),
+                config.namespace.clone(),
                 shutdown.clone(),
                 watch::Sender::new(0),
             ));
