@@ -19,7 +19,11 @@ pub mod broker_users;
 #[cfg(feature = "operator")]
 pub mod chaos;
 #[cfg(feature = "operator")]
+pub mod dashboard;
+#[cfg(feature = "operator")]
 pub mod demo;
+#[cfg(feature = "operator")]
+pub mod lessons;
 #[cfg(feature = "operator")]
 pub mod logging;
 #[cfg(feature = "operator")]

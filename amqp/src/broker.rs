@@ -95,6 +95,7 @@ pub async fn declare_exchanges(channel: &Channel, topology: &Topology) -> Result
         (topology.commands_exchange(), ExchangeKind::Direct),
         (topology.dead_letter_exchange(), ExchangeKind::Direct),
         (topology.events_exchange(), ExchangeKind::Topic),
+        (topology.presence_exchange(), ExchangeKind::Fanout),
     ] {
         channel
             .exchange_declare(name.into(), kind, durable, FieldTable::default())
@@ -760,6 +761,51 @@ pub async fn declare_event_tap(
         .queue_declare(queue.into(), durable(), FieldTable::default())
         .await?;
     bind_to_events(channel, topology, queue, "#").await
+}
+
+/// Publishes a presence heartbeat (`runtime::presence`) on a plain channel: no confirm, not
+/// mandatory, not persistent, expiring after `ttl`. A heartbeat nobody reads is dropped by
+/// the broker, and one that waited longer than `ttl` is stale, so neither is worth a wait.
+pub async fn publish_heartbeat(
+    channel: &Channel,
+    topology: &Topology,
+    body: &[u8],
+    ttl: Duration,
+) -> Result<(), BrokerError> {
+    let properties = BasicProperties::default()
+        .with_content_type(CONTENT_TYPE_JSON.into())
+        .with_expiration(ttl.as_millis().to_string().into());
+    // The returned confirm future is dropped: on a channel without confirms it would only
+    // say "not requested".
+    let confirm = channel
+        .basic_publish(
+            topology.presence_exchange().as_str().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await?;
+    drop(confirm);
+    Ok(())
+}
+
+/// Binds `queue` (a private one) to the presence exchange: it then sees every heartbeat.
+pub async fn bind_to_presence(
+    channel: &Channel,
+    topology: &Topology,
+    queue: &str,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            topology.presence_exchange().as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -183,6 +183,13 @@ impl Topology {
         format!("{}.events", self.namespace)
     }
 
+    /// Fanout exchange that every worker replica and the relay announce themselves on about
+    /// once a second (`runtime::presence`): who is alive, and what it has handled. Its
+    /// messages expire within seconds; nothing durable is ever bound to it.
+    pub fn presence_exchange(&self) -> String {
+        format!("{}.presence", self.namespace)
+    }
+
     /// A binding pattern on the events exchange for every event of a service.
     pub fn events_of(&self, service: Service) -> String {
         format!("{service}.#")
@@ -209,6 +216,7 @@ impl Topology {
             self.commands_exchange(),
             self.dead_letter_exchange(),
             self.events_exchange(),
+            self.presence_exchange(),
         ]
     }
 }
@@ -303,6 +311,7 @@ impl Topology {
                 let shared = [self.commands_exchange(), self.dead_letter_exchange()];
                 let mut write = own.clone();
                 write.extend(shared.iter().cloned());
+                write.push(self.presence_exchange());
                 write.push(DEFAULT_EXCHANGE.to_owned());
                 let mut read = own.clone();
                 read.extend(shared.iter().cloned());
@@ -316,7 +325,7 @@ impl Topology {
             }
             BrokerUser::Relay => BrokerPermissions {
                 configure: exactly(&exchanges),
-                write: exactly(&[self.events_exchange()]),
+                write: exactly(&[self.events_exchange(), self.presence_exchange()]),
                 read: exactly(&[]),
             },
         }
@@ -392,7 +401,7 @@ mod tests {
         let topology = Topology::new(Namespace::parse("ns1").unwrap());
         let relay = topology.permissions(BrokerUser::Relay);
         assert_eq!(relay.read, "^$");
-        assert_eq!(relay.write, "^(ns1\\.events)$");
+        assert_eq!(relay.write, "^(ns1\\.events|ns1\\.presence)$");
         assert_eq!(topology.broker_user(BrokerUser::Relay), "ns1-relay");
     }
 }

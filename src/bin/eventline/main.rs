@@ -11,10 +11,12 @@
 
 mod broker_users;
 mod chaos;
+mod dashboard;
 mod database;
 mod dead_letters;
 mod demo;
 mod keygen;
+mod lesson;
 mod migrate;
 mod orders;
 mod place_order;
@@ -107,6 +109,13 @@ enum Command {
     /// Read models: check them against the log, or rebuild one without downtime.
     #[command(subcommand)]
     Projections(eventline::projections::ProjectionsAction),
+    /// Serve a live view of the system on loopback (default http://127.0.0.1:8080/): the
+    /// seed's diagram with every live replica, queue, reader lag and order outcome in it;
+    /// click an order for its causal path.
+    Dashboard(eventline::dashboard::DashboardOptions),
+    /// Run one of the seed's ten ideas as a live scenario on a small system of its own, and
+    /// check its claim: exit 0 if it held, 1 (with the reason) if not. `--list` names them.
+    Lesson(eventline::lessons::LessonOptions),
 }
 
 /// What every subcommand is given: the configuration from the environment and the global
@@ -187,5 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Demo(options) => demo::run(options, globals).await,
         Command::Chaos(options) => chaos::run(options, globals).await,
         Command::Projections(action) => projections::run(action, globals).await,
+        Command::Dashboard(options) => dashboard::run(options, globals).await,
+        Command::Lesson(options) => lesson::run(options, globals).await,
     }
 }

@@ -5,6 +5,7 @@
 //! and leadership; this only starts it once the database answers.
 
 use eventline_workers::runtime::Shutdown;
+use eventline_workers::runtime::presence::Announcer;
 use eventline_workers::runtime::relay::Relay;
 
 use crate::database::wait_for_database;
@@ -17,6 +18,9 @@ pub async fn run(globals: Globals) -> anyhow::Result<Exit> {
     eventline_workers::runtime::http::Settings::from_env()?
         .start(&config.namespace, &store, true, &shutdown)
         .await?;
-    Relay::new(config, store).run(shutdown).await;
+    let relay = Relay::new(config.clone(), store);
+    // Its heartbeat, for the live view (`eventline dashboard`).
+    tokio::spawn(Announcer::relay(config, relay.progress()).run(shutdown.clone()));
+    relay.run(shutdown).await;
     Ok(Exit::Success)
 }

@@ -29,7 +29,7 @@ use eventline_workers::runtime::relay::{Relay, RelayProgress};
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::worker::CommandWorker;
 use eventline_workers::runtime::{Config, SecretUrl, Shutdown};
-use eventline_workers::runtime::{broker, token};
+use eventline_workers::runtime::{broker, presence, token};
 use eventline_workers::services;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -280,6 +280,9 @@ impl TestSystem {
         let relay = Relay::new(self.config.clone(), self.store.clone());
         let progress = relay.progress();
         self.relay = Some(progress.clone());
+        // Its heartbeat, as `eventline relay` sends one (the dashboard test draws it).
+        let presence = presence::Announcer::relay(self.config.clone(), progress.clone());
+        self.tasks.spawn(presence.run(self.shutdown.clone()));
         self.tasks.spawn(relay.run(self.shutdown.clone()));
         progress
     }

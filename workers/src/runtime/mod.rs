@@ -7,7 +7,7 @@
 //! [`relay`] / [`projection`].
 //! Observability: [`metrics`] (every metric's name and recording function), [`readiness`],
 //! [`sampler`] (lag and inbox gauges from the database), [`http`] (`/metrics`, `/healthz`,
-//! `/readyz`).
+//! `/readyz`), [`presence`] (each replica's heartbeat on the broker, for the live view).
 
 pub mod acks;
 pub mod aggregate;
@@ -20,6 +20,7 @@ pub mod http;
 pub mod inbox;
 pub mod log_reader;
 pub mod metrics;
+pub mod presence;
 pub mod projection;
 pub mod readiness;
 pub mod redact;

@@ -55,6 +55,7 @@ use super::broker::{self, BrokerError, DeclaredQueues};
 use super::config::Config;
 use super::handler::{Dispatch, Handler, Input};
 use super::metrics;
+use super::presence;
 use super::propagation;
 use super::readiness;
 use super::settle::Failure;
@@ -346,6 +347,12 @@ impl<H: Handler> CommandWorker<H> {
             .into_iter()
             .map(|(queue, d)| self.receive(queue, d))
             .collect();
+        presence::received(
+            &self.config.namespace,
+            H::SERVICE,
+            &self.config.replica,
+            items.len(),
+        );
         let stages = &session.stages;
         for metadata in items.iter().filter_map(|item| item.metadata.as_ref()) {
             let waited = metrics::wall_clock_since(metadata.occurred_at, receipt.wall);

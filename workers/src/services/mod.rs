@@ -38,6 +38,10 @@ pub async fn run(service: Service, mut config: Config, store: EventStore, shutdo
     let mut tasks = tokio::task::JoinSet::new();
     // Every worker process offers to prune the inbox; one elected process does it.
     tasks.spawn(crate::runtime::inbox::Pruner::new(config.clone()).run(shutdown.clone()));
+    // Its heartbeat, for the live view: on a task and a connection of its own.
+    tasks.spawn(
+        crate::runtime::presence::Announcer::worker(config.clone(), service).run(shutdown.clone()),
+    );
     match service {
         Service::Auth => {
             tasks.spawn(CommandWorker::new(config, store, auth::AuthHandler).run(shutdown));

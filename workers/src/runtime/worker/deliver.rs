@@ -13,6 +13,7 @@ use super::{CommandWorker, Outcome, Received, Session};
 use crate::runtime::broker::{self, BrokerError, SettleRoute};
 use crate::runtime::handler::{Destination, Dispatch, Handler};
 use crate::runtime::metrics::{self, Settled};
+use crate::runtime::presence;
 use crate::runtime::redact::redact_secrets;
 use crate::runtime::settle::{Attempt, Failure, Happened, Settlement, settle};
 use crate::runtime::token;
@@ -94,6 +95,12 @@ impl<H: Handler> CommandWorker<H> {
             }
         };
         log(&settlement);
+        presence::failed(
+            &self.config.namespace,
+            H::SERVICE,
+            &self.config.replica,
+            &settlement,
+        );
         loop {
             let result = broker::carry_out(
                 &item.delivery,
@@ -131,6 +138,12 @@ impl<H: Handler> CommandWorker<H> {
 
     /// Counts one settled delivery: the one place a message's outcome reaches the metrics.
     fn count(&self, item: &Received<H::Command>, outcome: Settled) {
+        presence::settled(
+            &self.config.namespace,
+            H::SERVICE,
+            &self.config.replica,
+            outcome,
+        );
         metrics::message_settled(
             &self.config.namespace,
             H::SERVICE,
