@@ -16,7 +16,6 @@ use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand, Restock};
 use eventline_events::values::{Money, OrderId, ProductId, ProductName, Quantity, StockLevel};
 use eventline_events::{Metadata, Namespace, OutgoingMessage, Reply, Service, Topology};
-use eventline_workers::runtime::config::SagaKeys;
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::{Config, SecretUrl};
 use eventline_workers::runtime::{broker, token};
@@ -25,7 +24,7 @@ use sqlx::Row;
 
 use crate::client::Client;
 use crate::settled;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Supervisor, system_env};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoOptions {
@@ -114,36 +113,18 @@ pub async fn run(base: Config, options: DemoOptions) -> anyhow::Result<()> {
     // the public half. The demo keeps the private key to mint the operator's admin token.
     let signing = token::generate_signing_key();
     let log_dir = std::env::current_dir()?.join("target/demo-logs");
-    let mut supervisor = Supervisor::new(
-        std::env::current_exe()?,
-        [
-            ("AMQP_URL".into(), base.amqp_url.expose().to_owned()),
-            ("DATABASE_URL".into(), database_url.expose().to_owned()),
-            ("EVENTLINE_NAMESPACE".into(), namespace.to_string()),
-            (
-                "EVENTLINE_AUTH_SIGNING_KEY".into(),
-                token::encode_key(&signing.to_bytes()),
-            ),
-            (
-                "EVENTLINE_AUTH_PUBLIC_KEY".into(),
-                token::encode_key(&signing.verifying_key().to_bytes()),
-            ),
-            (
-                "EVENTLINE_SAGA_TIMEOUT_MS".into(),
-                SAGA_TIMEOUT_MS.to_string(),
-            ),
-            (
-                "EVENTLINE_PAYMENT_SLOW_MS".into(),
-                (SAGA_TIMEOUT_MS * 2).to_string(),
-            ),
-        ]
-        .into_iter()
-        // The saga's keys: orders signs its steps, catalog and payments their replies; each
-        // worker keeps only its own service's signing key.
-        .chain(SagaKeys::generate().signing_env())
-        .collect(),
-        &log_dir,
+    let mut env = system_env(
+        &base.amqp_url,
+        &database_url,
+        &namespace,
+        &signing,
+        SAGA_TIMEOUT_MS,
     );
+    env.push((
+        "EVENTLINE_PAYMENT_SLOW_MS".into(),
+        (SAGA_TIMEOUT_MS * 2).to_string(),
+    ));
+    let mut supervisor = Supervisor::new(std::env::current_exe()?, env, &log_dir);
     let result = drive(
         &base,
         &namespace,

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use ed25519_dalek::SigningKey;
+use eventline_events::Namespace;
+use eventline_workers::runtime::config::SagaKeys;
+use eventline_workers::runtime::{SecretUrl, token};
 use tokio::process::{Child, Command};
 
 /// A set of named child processes, each running a subcommand of the `eventline` binary.
@@ -15,6 +19,39 @@ pub struct Supervisor {
     env: Vec<(String, String)>,
     log_dir: PathBuf,
     children: BTreeMap<String, Child>,
+}
+
+/// The environment every worker and relay process of one system shares: the broker, the
+/// database, the namespace, the auth key pair (auth signs with the private half, every service
+/// verifies with the public half), the saga timeout, and fresh saga keys (orders signs its
+/// steps, catalog and payments their replies; each worker keeps only its own signing key).
+pub fn system_env(
+    amqp_url: &SecretUrl,
+    database_url: &SecretUrl,
+    namespace: &Namespace,
+    auth: &SigningKey,
+    saga_timeout_ms: u64,
+) -> Vec<(String, String)> {
+    [
+        ("AMQP_URL".into(), amqp_url.expose().to_owned()),
+        ("DATABASE_URL".into(), database_url.expose().to_owned()),
+        ("EVENTLINE_NAMESPACE".into(), namespace.to_string()),
+        (
+            "EVENTLINE_AUTH_SIGNING_KEY".into(),
+            token::encode_key(&auth.to_bytes()),
+        ),
+        (
+            "EVENTLINE_AUTH_PUBLIC_KEY".into(),
+            token::encode_key(&auth.verifying_key().to_bytes()),
+        ),
+        (
+            "EVENTLINE_SAGA_TIMEOUT_MS".into(),
+            saga_timeout_ms.to_string(),
+        ),
+    ]
+    .into_iter()
+    .chain(SagaKeys::generate().signing_env())
+    .collect()
 }
 
 impl Supervisor {

@@ -13,12 +13,11 @@ use eventline_events::auth::Role;
 use eventline_events::catalog::{AddProduct, CatalogCommand};
 use eventline_events::values::{Money, ProductId, ProductName, StockLevel};
 use eventline_events::{Namespace, Reply, Service, Topology};
-use eventline_workers::runtime::config::SagaKeys;
 use eventline_workers::runtime::store::{self, EventStore};
 use eventline_workers::runtime::{Config, broker, token};
 
 use crate::client::{Client, OrderOutcome, parse_order};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Supervisor, system_env};
 
 /// How long any one wait of a lesson may take before it fails, naming what it waited for.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -68,27 +67,14 @@ impl Lab {
             ..base.clone()
         };
         let topology = Topology::new(namespace.clone());
-        let env = [
-            ("AMQP_URL".into(), base.amqp_url.expose().to_owned()),
-            ("DATABASE_URL".into(), database_url.expose().to_owned()),
-            ("EVENTLINE_NAMESPACE".into(), namespace.to_string()),
-            (
-                "EVENTLINE_AUTH_SIGNING_KEY".into(),
-                token::encode_key(&signing.to_bytes()),
-            ),
-            (
-                "EVENTLINE_AUTH_PUBLIC_KEY".into(),
-                token::encode_key(&signing.verifying_key().to_bytes()),
-            ),
-            (
-                "EVENTLINE_SAGA_TIMEOUT_MS".into(),
-                SAGA_TIMEOUT_MS.to_string(),
-            ),
-            ("RUST_LOG".into(), "warn".into()),
-        ]
-        .into_iter()
-        .chain(SagaKeys::generate().signing_env())
-        .collect();
+        let mut env = system_env(
+            &base.amqp_url,
+            &database_url,
+            &namespace,
+            &signing,
+            SAGA_TIMEOUT_MS,
+        );
+        env.push(("RUST_LOG".into(), "warn".into()));
         let log_dir = std::env::temp_dir().join(format!("eventline-{namespace}"));
         let mut processes = Supervisor::new(exe, env, log_dir);
         // Declared before anyone publishes, so nothing sent early is returned unroutable.

@@ -66,20 +66,6 @@ fn reservation(id: &str) -> OutgoingMessage {
     )
 }
 
-async fn queued(system: &TestSystem) -> u32 {
-    let connection = broker::connect(&system.config.amqp_url, "test probe")
-        .await
-        .unwrap();
-    let declared = broker::inspect_queue(
-        &connection,
-        &system.topology.command_queue(Service::Catalog),
-    )
-    .await
-    .unwrap();
-    let _ = connection.close(200, "probe".into()).await;
-    declared.message_count()
-}
-
 #[tokio::test]
 async fn a_batch_settles_a_duplicate_poison_and_a_lost_race_each_as_if_alone() {
     let mut system = TestSystem::start().await;
@@ -164,7 +150,7 @@ async fn a_batch_settles_a_duplicate_poison_and_a_lost_race_each_as_if_alone() {
         .unwrap();
     let expected = messages.len() as u32 + 1;
     eventually("every message to be queued", || async {
-        match queued(&system).await {
+        match system.queued_commands(Service::Catalog).await {
             n if n >= expected => Ok(()),
             n => Err(format!("{n} of {expected} queued")),
         }

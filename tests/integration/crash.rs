@@ -6,7 +6,6 @@ use eventline_events::catalog::{CatalogCommand, ReserveStock};
 use eventline_events::values::{OrderId, Quantity};
 use eventline_events::{Metadata, OutgoingMessage, Service};
 
-use eventline_workers::runtime::broker;
 
 use crate::support::{TestSystem, eventually, product};
 
@@ -144,21 +143,6 @@ async fn publish_reservations_with_poison(system: &TestSystem) -> Vec<String> {
     poison
 }
 
-/// What the catalog's command queue still holds, ready for a consumer (not acked).
-async fn left_in_queue(system: &TestSystem) -> u32 {
-    let connection = broker::connect(&system.config.amqp_url, "test probe")
-        .await
-        .unwrap();
-    let declared = broker::inspect_queue(
-        &connection,
-        &system.topology.command_queue(Service::Catalog),
-    )
-    .await
-    .unwrap();
-    let _ = connection.close(200, "probe".into()).await;
-    declared.message_count()
-}
-
 #[tokio::test]
 async fn a_worker_killed_between_runs_of_acks_and_dead_letters_loses_nothing_and_applies_nothing_twice()
  {
@@ -229,7 +213,7 @@ async fn a_worker_killed_between_runs_of_acks_and_dead_letters_loses_nothing_and
         "SIGTERM exit: {status:?}"
     );
     assert_eq!(
-        left_in_queue(&system).await,
+        system.queued_commands(Service::Catalog).await,
         0,
         "a handled delivery went back to the queue unacked"
     );

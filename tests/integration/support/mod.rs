@@ -271,6 +271,18 @@ impl TestSystem {
         let _ = connection.close(200, "probe".into()).await;
     }
 
+    /// What `service`'s command queue still holds, ready for a consumer (not acked).
+    pub async fn queued_commands(&self, service: Service) -> u32 {
+        let connection = broker::connect(&self.config.amqp_url, "test probe")
+            .await
+            .unwrap();
+        let declared = broker::inspect_queue(&connection, &self.topology.command_queue(service))
+            .await
+            .unwrap();
+        let _ = connection.close(200, "probe".into()).await;
+        declared.message_count()
+    }
+
     pub fn start_catalog_worker(&mut self, replica: &str) {
         self.start_service(Service::Catalog, replica);
     }
