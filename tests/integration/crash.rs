@@ -6,7 +6,6 @@ use eventline_events::catalog::{CatalogCommand, ReserveStock};
 use eventline_events::values::{OrderId, Quantity};
 use eventline_events::{Metadata, OutgoingMessage, Service};
 
-
 use crate::support::{TestSystem, eventually, product};
 
 const COMMANDS: i64 = 400;
