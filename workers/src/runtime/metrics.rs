@@ -89,12 +89,12 @@ impl Settled {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     /// From the sender's `x-occurred-at` to the worker's receipt (taking it from its
-    /// consumer, which a batching worker does only once a database lane is free): the
-    /// broker's queue, the network and the wait in the prefetch buffer for the lane (clamped
-    /// at 0 when the sender's clock is ahead).
+    /// consumer, decoding it and checking its credentials): the broker's queue, the network
+    /// and the prefetch buffer (clamped at 0 when the sender's clock is ahead). A batching
+    /// worker takes deliveries as they arrive, holding up to one batch's worth for the lane.
     QueueWait,
-    /// From receipt to the start of its batch's transaction: decoding, the token and
-    /// credential checks, and spans.
+    /// From receipt to the start of its batch's transaction: the wait for the database lane
+    /// (the previous batch's transaction), then forming the batch.
     BatchWait,
     /// From the batch's transaction start to its commit (the per-message transactions of a
     /// batch that rolled back included).

@@ -17,8 +17,10 @@
 //!    tag is settled). A crash anywhere before the ack means redelivery, which step 2 makes
 //!    harmless.
 //!
-//! Group commit: for handlers that allow it ([`Handler::BATCH`]), the deliveries the broker
-//! has already sent (up to `MAX_BATCH`) are handled together in step 2 — one transaction,
+//! Group commit: for handlers that allow it ([`Handler::BATCH`]), each delivery is decoded and
+//! its credentials checked (step 1) as soon as it arrives, while the previous batch's
+//! transaction waits on the database; once the lane is free, what has arrived (up to
+//! `MAX_BATCH`) is handled together in step 2 — one transaction,
 //! one inbox statement and one commit for all of them, one batch in the database at a time
 //! (`DB_LANES`) — and then each is settled on its own (steps 3 and 4, concurrently, so their
 //! publishes are pipelined, while the next batch runs its transaction). A duplicate in the batch
@@ -136,15 +138,6 @@ struct Session {
     stages: metrics::Stages,
 }
 
-/// When the worker took a batch's deliveries from its consumer, by both clocks: the wall
-/// clock for the queue wait (from the sender's `x-occurred-at`), the monotonic one for the
-/// stages after it. Read once per batch, not per message.
-#[derive(Clone, Copy)]
-struct Receipt {
-    at: std::time::Instant,
-    wall: time::OffsetDateTime,
-}
-
 /// A delivery and what decoding it found, carried from receipt to settlement.
 struct Received<C> {
     delivery: Delivery,
@@ -254,7 +247,44 @@ impl<H: Handler> CommandWorker<H> {
         // The database lanes: a batch is formed only once a lane is free.
         let lane = Arc::new(tokio::sync::Semaphore::new(DB_LANES));
         let mut turn: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        // A batching handler's deliveries, decoded and their credentials checked as they
+        // arrive, waiting for the lane: that work (an Ed25519 check per saga step) is done
+        // while the lane's transaction waits on the database, not inside the lane.
+        let mut ready: Vec<Received<H::Command>> = Vec::new();
         let result = loop {
+            if H::BATCH && turn.is_some() && in_flight.len() < max_in_flight {
+                // What the broker has already sent joins the batch; nothing waits for more.
+                let mut failed = None;
+                while ready.len() < max_batch {
+                    match deliveries.next().now_or_never() {
+                        Some(Some((queue, Ok(delivery)))) => {
+                            ready.push(self.take(&session, queue, delivery));
+                        }
+                        Some(Some((_, Err(error)))) => {
+                            failed = Some(SessionError::from(error));
+                            break;
+                        }
+                        Some(None) | None => break,
+                    }
+                }
+                if !ready.is_empty() {
+                    let batch = std::mem::take(&mut ready);
+                    let this = self.clone();
+                    let session = session.clone();
+                    let turn = turn.take();
+                    in_flight.spawn(async move { this.process(&session, batch, turn).await });
+                }
+                if let Some(error) = failed {
+                    break Err(error);
+                }
+            }
+            // Room for another delivery: a batching worker holds at most one batch's worth
+            // waiting for the lane; the prefetch bounds the rest.
+            let room = if H::BATCH {
+                ready.len() < max_batch
+            } else {
+                in_flight.len() < max_in_flight
+            };
             tokio::select! {
                 () = shutdown.triggered() => break Ok(()),
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
@@ -269,40 +299,28 @@ impl<H: Handler> CommandWorker<H> {
                 permit = lane.clone().acquire_owned(), if H::BATCH && turn.is_none() => {
                     turn = permit.ok();
                 }
-                next = deliveries.next(), if in_flight.len() < max_in_flight && (turn.is_some() || !H::BATCH) => match next {
+                next = deliveries.next(), if room => match next {
+                    Some((queue, Ok(delivery))) if H::BATCH => {
+                        ready.push(self.take(&session, queue, delivery));
+                    }
+                    // Not batching (payments' slow provider calls): each delivery is handled
+                    // on its own, as many at once as the prefetch allows.
                     Some((queue, Ok(delivery))) => {
-                        // What the broker has already sent joins the batch; nothing waits for more.
-                        // Taken only once a database lane is free: the wait for it is spent in
-                        // the consumer's buffer, so the queue wait stage includes it.
-                        let receipt = Receipt {
-                            at: std::time::Instant::now(),
-                            wall: time::OffsetDateTime::now_utc(),
-                        };
-                        let mut batch = vec![(queue, delivery)];
-                        let mut failed = None;
-                        while batch.len() < max_batch {
-                            match deliveries.next().now_or_never() {
-                                Some(Some((queue, Ok(delivery)))) => batch.push((queue, delivery)),
-                                Some(Some((_, Err(error)))) => {
-                                    failed = Some(SessionError::from(error));
-                                    break;
-                                }
-                                Some(None) | None => break,
-                            }
-                        }
                         let this = self.clone();
                         let session = session.clone();
-                        let turn = turn.take();
-                        in_flight.spawn(async move { this.process(&session, batch, receipt, turn).await });
-                        if let Some(error) = failed {
-                            break Err(error);
-                        }
+                        in_flight.spawn(async move {
+                            let item = this.take(&session, queue, delivery);
+                            this.process(&session, vec![item], None).await;
+                        });
                     }
                     Some((_, Err(error))) => break Err(error.into()),
                     None => break Err(BrokerError::ConsumerCancelled(queues.join(", ")).into()),
                 },
             }
         };
+        // Received but never batched: unsettled, so no ack covers them, and they go back to
+        // the queue with the channel.
+        drop(ready);
         // Stop new deliveries, finish the ones we hold (each commits, replies and acks), then
         // close: whatever the broker still had in flight for us goes back to the queue.
         if result.is_ok() {
@@ -335,18 +353,14 @@ impl<H: Handler> CommandWorker<H> {
         result
     }
 
-    /// Handles a batch of deliveries, gives up the database lane (`turn`), then settles each.
+    /// Handles a batch of received deliveries, gives up the database lane (`turn`), then
+    /// settles each.
     async fn process(
         &self,
         session: &Session,
-        deliveries: Vec<(Arc<str>, Delivery)>,
-        receipt: Receipt,
+        mut items: Vec<Received<H::Command>>,
         turn: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
-        let mut items: Vec<Received<H::Command>> = deliveries
-            .into_iter()
-            .map(|(queue, d)| self.receive(queue, d))
-            .collect();
         presence::received(
             &self.config.namespace,
             H::SERVICE,
@@ -354,12 +368,10 @@ impl<H: Handler> CommandWorker<H> {
             items.len(),
         );
         let stages = &session.stages;
-        for metadata in items.iter().filter_map(|item| item.metadata.as_ref()) {
-            let waited = metrics::wall_clock_since(metadata.occurred_at, receipt.wall);
-            stages.record(metrics::Stage::QueueWait, waited, 1);
-        }
         let begun = std::time::Instant::now();
-        stages.record(metrics::Stage::BatchWait, begun - receipt.at, items.len());
+        for item in &items {
+            stages.record(metrics::Stage::BatchWait, begun - item.received_at, 1);
+        }
         self.handle_all(&mut items).await;
         let committed = std::time::Instant::now();
         stages.record(metrics::Stage::Transaction, committed - begun, items.len());
@@ -384,6 +396,18 @@ impl<H: Handler> CommandWorker<H> {
             warn!(%error, "could not ack a settled run; the broker will redeliver it");
         }
         stages.record(metrics::Stage::Settle, committed.elapsed(), items.len());
+    }
+
+    /// Takes a delivery from its consumer: decodes it, checks its credentials and records
+    /// how long it waited in the queue (from the sender's `x-occurred-at`).
+    fn take(&self, session: &Session, queue: Arc<str>, delivery: Delivery) -> Received<H::Command> {
+        let item = self.receive(queue, delivery);
+        if let Some(metadata) = &item.metadata {
+            let waited =
+                metrics::wall_clock_since(metadata.occurred_at, time::OffsetDateTime::now_utc());
+            session.stages.record(metrics::Stage::QueueWait, waited, 1);
+        }
+        item
     }
 
     /// Decodes a delivery and opens its span.
