@@ -22,6 +22,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::SecretUrl;
@@ -64,15 +65,44 @@ pub enum BrokerError {
 }
 
 /// Opens a connection whose name (`eventline {role}`) shows in `rabbitmqctl list_connections`.
+/// It accepts the largest frame the server allows: a delivery's header frame cannot be split,
+/// so a consumer that asked for less would have its connection closed by any client's message
+/// with a large header, on every redelivery.
 pub async fn connect(url: &SecretUrl, role: &str) -> Result<Connection, BrokerError> {
+    connect_with(url, role, None).await
+}
+
+/// The largest frame a [`connect_publisher`] connection asks for.
+pub const PUBLISHER_FRAME_MAX: u32 = 8 * 1024;
+
+/// Opens a connection for a process's own small messages only (presence heartbeats), which
+/// nobody delivers to. lapin keeps a send and a receive buffer of 32 frames each, zero-filled:
+/// at RabbitMQ's default `frame_max` (128 KiB) that is 8 MiB resident per connection, at
+/// [`PUBLISHER_FRAME_MAX`] half a MiB. A larger message is split into more frames, not refused.
+pub async fn connect_publisher(url: &SecretUrl, role: &str) -> Result<Connection, BrokerError> {
+    connect_with(url, role, Some(PUBLISHER_FRAME_MAX)).await
+}
+
+async fn connect_with(
+    url: &SecretUrl,
+    role: &str,
+    frame_max: Option<u32>,
+) -> Result<Connection, BrokerError> {
     let properties =
         ConnectionProperties::default().with_connection_name(format!("eventline {role}").into());
-    Connection::connect(url.expose(), properties)
-        .await
-        .map_err(|source| BrokerError::Connect {
-            url: url.to_string(),
-            source,
-        })
+    let connected = match (frame_max, url.expose().parse::<AMQPUri>()) {
+        (Some(frame_max), Ok(mut uri)) => {
+            // A frame size the URL names (`?frame_max=`) is the operator's and stays.
+            uri.query.frame_max.get_or_insert(frame_max);
+            Connection::connect_uri(uri, properties).await
+        }
+        // Unparsable: lapin's own connect reports it as it reports any bad URL.
+        _ => Connection::connect(url.expose(), properties).await,
+    };
+    connected.map_err(|source| BrokerError::Connect {
+        url: url.to_string(),
+        source,
+    })
 }
 
 /// A channel in confirm mode: every publish waits for the broker's confirm, so a message the

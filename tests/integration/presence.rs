@@ -55,3 +55,26 @@ async fn a_replica_announces_what_it_handled_and_nothing_secret() {
     let _ = connection.close(200, "probe".into()).await;
     system.stop().await;
 }
+
+/// The heartbeat's connection holds small buffers (lapin sizes them by the negotiated frame),
+/// and a consumer's connection still takes the server's largest frame, so no client's large
+/// header can close it.
+#[tokio::test]
+async fn a_publisher_connection_asks_for_small_frames_and_a_consumer_for_the_servers() {
+    let url = &crate::support::services().await.amqp_url;
+    let publisher = broker::connect_publisher(url, "frame probe publisher")
+        .await
+        .unwrap();
+    assert_eq!(
+        publisher.configuration().frame_max(),
+        broker::PUBLISHER_FRAME_MAX
+    );
+    let consumer = broker::connect(url, "frame probe consumer").await.unwrap();
+    assert!(
+        consumer.configuration().frame_max() > broker::PUBLISHER_FRAME_MAX,
+        "a consumer's connection negotiated {} bytes",
+        consumer.configuration().frame_max()
+    );
+    let _ = publisher.close(200, "probe".into()).await;
+    let _ = consumer.close(200, "probe".into()).await;
+}

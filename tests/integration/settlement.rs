@@ -113,8 +113,9 @@ async fn a_batch_task_that_panics_ends_the_session_and_its_deliveries_come_back(
     system.wait_for_consumers(Service::Catalog, 1).await;
     assert!(system.add_product(CRASH, 1).await.is_accepted());
 
-    // Its first receipt panics the batch's task; the session ends, the broker redelivers it
-    // to the reconnected worker, and this time it is handled.
+    // Its first receipt panics (on the consume loop, where a batching worker receives); the
+    // session ends, the broker redelivers it to the reconnected worker, and this time it is
+    // handled.
     let reply = system.request(restock(CRASH)).await;
     assert!(reply.is_accepted(), "{reply:?}");
     assert!(crashed.load(std::sync::atomic::Ordering::SeqCst));

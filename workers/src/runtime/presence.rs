@@ -6,7 +6,9 @@
 //! It must never slow the message path: the worker only bumps a few atomics ([`received`],
 //! [`settled`], [`failed`]); the heartbeat runs on a task and a connection of its own, publishes
 //! without confirms, and its messages expire after [`TTL`], so a broker that is slow or away
-//! costs the worker nothing but a skipped heartbeat. It must never carry a secret: what it
+//! costs the worker nothing but a skipped heartbeat. That connection asks for small frames
+//! (`broker::connect_publisher`): nothing is delivered to it, and at the server's frame size
+//! lapin's buffers would hold 8 MiB of the process's memory for one message a second. It must never carry a secret: what it
 //! sends is the [`Heartbeat`] struct, counts and names only (an error *class*, never a reason).
 
 use std::collections::BTreeMap;
@@ -267,7 +269,7 @@ impl Announcer {
         role: &str,
     ) -> Option<(lapin::Connection, lapin::Channel)> {
         let opened = async {
-            let connection = broker::connect(&self.config.amqp_url, role).await?;
+            let connection = broker::connect_publisher(&self.config.amqp_url, role).await?;
             let channel = connection.create_channel().await?;
             broker::declare_exchanges(&channel, topology).await?;
             Ok::<_, broker::BrokerError>((connection, channel))

@@ -39,6 +39,7 @@
 mod deliver;
 mod execute;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use eventline_events::auth::TOKEN_HEADER;
@@ -86,15 +87,17 @@ const BATCHES_IN_FLIGHT: usize = DB_LANES + 2;
 enum SessionError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    /// A batch's task panicked outside the handler (whose panics `execute` catches): its
-    /// deliveries will never be settled, and with `multiple` acks one unsettled tag holds back
-    /// every later run, so the session ends and the closed channel returns them all.
+    /// Handling a delivery panicked outside the handler's `handle` (whose panics `execute`
+    /// catches): in its receipt (decoding, the credential checks, which ask the handler) or
+    /// in its batch's task. Its deliveries will never be settled, and with `multiple` acks one
+    /// unsettled tag holds back every later run, so the session ends and the closed channel
+    /// returns them all.
     #[error(
-        "a batch task panicked ({0}); the session was closed so the broker redelivers every \
+        "{0} panicked ({1}); the session was closed so the broker redelivers every \
          unacked delivery (the queue's delivery limit ends a message that keeps doing this). \
          This is a bug in the worker: report it with this message"
     )]
-    BatchPanicked(String),
+    Panicked(&'static str, String),
 }
 
 impl From<lapin::Error> for SessionError {
@@ -258,7 +261,13 @@ impl<H: Handler> CommandWorker<H> {
                 while ready.len() < max_batch {
                     match deliveries.next().now_or_never() {
                         Some(Some((queue, Ok(delivery)))) => {
-                            ready.push(self.take(&session, queue, delivery));
+                            match self.take_in_loop(&session, queue, delivery) {
+                                Ok(item) => ready.push(item),
+                                Err(error) => {
+                                    failed = Some(error);
+                                    break;
+                                }
+                            }
                         }
                         Some(Some((_, Err(error)))) => {
                             failed = Some(SessionError::from(error));
@@ -293,7 +302,7 @@ impl<H: Handler> CommandWorker<H> {
                     {
                         let panic = execute::panic_message(&*failed.into_panic());
                         error!(%panic, replica = %self.config.replica, "a batch task panicked; ending the session so its deliveries are redelivered");
-                        break Err(SessionError::BatchPanicked(panic));
+                        break Err(SessionError::Panicked("a batch task", panic));
                     }
                 }
                 permit = lane.clone().acquire_owned(), if H::BATCH && turn.is_none() => {
@@ -301,7 +310,10 @@ impl<H: Handler> CommandWorker<H> {
                 }
                 next = deliveries.next(), if room => match next {
                     Some((queue, Ok(delivery))) if H::BATCH => {
-                        ready.push(self.take(&session, queue, delivery));
+                        match self.take_in_loop(&session, queue, delivery) {
+                            Ok(item) => ready.push(item),
+                            Err(error) => break Err(error),
+                        }
                     }
                     // Not batching (payments' slow provider calls): each delivery is handled
                     // on its own, as many at once as the prefetch allows.
@@ -345,8 +357,10 @@ impl<H: Handler> CommandWorker<H> {
             }
             // The connection is healthy: close it now rather than whenever it is dropped, so
             // the broker returns the panicked batch's deliveries before the reconnect.
-            Err(SessionError::BatchPanicked(_)) => {
-                let _ = connection.close(541, "a batch task panicked".into()).await;
+            Err(SessionError::Panicked(what, _)) => {
+                let _ = connection
+                    .close(541, format!("{what} panicked").into())
+                    .await;
             }
             Err(SessionError::Broker(_)) => {}
         }
@@ -396,6 +410,23 @@ impl<H: Handler> CommandWorker<H> {
             warn!(%error, "could not ack a settled run; the broker will redeliver it");
         }
         stages.record(metrics::Stage::Settle, committed.elapsed(), items.len());
+    }
+
+    /// [`Self::take`] on the consume loop itself, where a panic (a handler's `only_from_saga`
+    /// or `answered_by`, say) would otherwise end the worker for good: it ends the session
+    /// instead, and the reconnect loop starts again.
+    fn take_in_loop(
+        &self,
+        session: &Session,
+        queue: Arc<str>,
+        delivery: Delivery,
+    ) -> Result<Received<H::Command>, SessionError> {
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.take(session, queue, delivery)))
+            .map_err(|panic| {
+                let panic = execute::panic_message(&*panic);
+                error!(%panic, replica = %self.config.replica, "receiving a delivery panicked; ending the session so it is redelivered");
+                SessionError::Panicked("receiving a delivery", panic)
+            })
     }
 
     /// Takes a delivery from its consumer: decodes it, checks its credentials and records
