@@ -241,11 +241,6 @@ impl<H: Handler> CommandWorker<H> {
         // Batches are handled concurrently; the broker's prefetch bounds how many deliveries
         // they hold, and for a batching handler BATCHES_IN_FLIGHT bounds how many batches, so
         // deliveries that arrive meanwhile make the next batch bigger.
-        let (max_batch, max_in_flight) = if H::BATCH {
-            (MAX_BATCH, BATCHES_IN_FLIGHT)
-        } else {
-            (1, usize::MAX)
-        };
         let mut in_flight = JoinSet::new();
         // The database lanes: a batch is formed only once a lane is free.
         let lane = Arc::new(tokio::sync::Semaphore::new(DB_LANES));
@@ -255,10 +250,10 @@ impl<H: Handler> CommandWorker<H> {
         // while the lane's transaction waits on the database, not inside the lane.
         let mut ready: Vec<Received<H::Command>> = Vec::new();
         let result = loop {
-            if H::BATCH && turn.is_some() && in_flight.len() < max_in_flight {
+            if H::BATCH && turn.is_some() && in_flight.len() < BATCHES_IN_FLIGHT {
                 // What the broker has already sent joins the batch; nothing waits for more.
                 let mut failed = None;
-                while ready.len() < max_batch {
+                while ready.len() < MAX_BATCH {
                     match deliveries.next().now_or_never() {
                         Some(Some((queue, Ok(delivery)))) => {
                             match self.take_in_loop(&session, queue, delivery) {
@@ -289,11 +284,7 @@ impl<H: Handler> CommandWorker<H> {
             }
             // Room for another delivery: a batching worker holds at most one batch's worth
             // waiting for the lane; the prefetch bounds the rest.
-            let room = if H::BATCH {
-                ready.len() < max_batch
-            } else {
-                in_flight.len() < max_in_flight
-            };
+            let room = !H::BATCH || ready.len() < MAX_BATCH;
             tokio::select! {
                 () = shutdown.triggered() => break Ok(()),
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
