@@ -38,11 +38,6 @@ const NAME_EXEMPT: &[(&str, &str, &str)] = &[
         "catalog.commands",
         "the catalog worker's inbox key, bound by the raw database baseline",
     ),
-    (
-        RAW_BROKER_BASELINE,
-        "amq.gen-JzTY20BRgKO-HjmUJj0wLg",
-        "a sample server-named reply queue, to size a realistic message",
-    ),
 ];
 
 /// Crates that do I/O, which `events/` (the wire contract) must never depend on.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use eventline_events::auth::TOKEN_HEADER;
 use eventline_events::envelope::{CONTENT_TYPE_JSON, HeaderValue, headers};
+use eventline_events::reply_to::DIRECT_REPLY_TO;
 use eventline_events::{IncomingMessage, OutgoingMessage, Service, Topology};
 use lapin::Confirmation;
 use lapin::message::Delivery;
@@ -529,6 +530,39 @@ pub async fn publish_confirmed(
     }
 }
 
+/// Publishes a reply to `reply_to` through the default exchange and waits for the confirm.
+///
+/// Not `mandatory`, unlike every other publish: RabbitMQ counts a message to a direct
+/// reply-to name as routed to no queue and would return every one (while delivering it),
+/// and a reply whose client is gone is meant to be dropped (it re-sends the command).
+pub async fn publish_reply(
+    channel: &Channel,
+    reply_to: &str,
+    message: &OutgoingMessage,
+) -> Result<(), BrokerError> {
+    let started = Instant::now();
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            reply_to.into(),
+            BasicPublishOptions::default(),
+            &message.body,
+            properties(message),
+        )
+        .await?
+        .await?;
+    if let Some(observe) = CONFIRM_OBSERVER.get() {
+        observe(started.elapsed());
+    }
+    match confirm {
+        Confirmation::Nack(_) => Err(BrokerError::Nacked {
+            exchange: String::new(),
+            routing_key: reply_to.to_owned(),
+        }),
+        Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+    }
+}
+
 /// Publishes a contract message and waits for the confirm.
 pub async fn publish_message(
     channel: &Channel,
@@ -575,6 +609,16 @@ pub async fn consume(
             FieldTable::default(),
         )
         .await?)
+}
+
+/// Starts consuming RabbitMQ's direct reply-to pseudo-queue on `channel` (no-ack: the broker
+/// requires it). Commands published afterwards on the same channel with `reply_to` =
+/// [`DIRECT_REPLY_TO`] get their replies here, with no reply queue on the broker.
+pub async fn consume_direct_replies(
+    channel: &Channel,
+    tag: &str,
+) -> Result<lapin::Consumer, BrokerError> {
+    consume(channel, DIRECT_REPLY_TO, tag, Acks::None).await
 }
 
 /// A delivery's properties for the retry queue: its own, counting retry `round` and expiring

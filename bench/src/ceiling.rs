@@ -5,7 +5,7 @@
 //! the worker's own CPU (that is the overhead E/E* exposes):
 //!
 //! - broker: one confirmed persistent publish to the quorum command queue, one delivery +
-//!   ack from it, one confirmed reply publish to the client's exclusive queue, one confirmed
+//!   ack from it, one confirmed reply publish by direct reply-to, one confirmed
 //!   event publish by the relay. Each was measured alone at full speed, so each costs
 //!   1/rate seconds of broker; they add up because one broker does all four;
 //! - database: a share of a batched command transaction — the worker's statements for
@@ -180,7 +180,7 @@ pub fn compute(
         },
         Cost {
             resource: "broker",
-            operation: "confirmed reply publish, exclusive queue",
+            operation: "confirmed reply publish, direct reply-to",
             per_command: 1.0,
             raw_per_s: broker.reply_publish_per_s,
             micros: per_second(broker.reply_publish_per_s) * 1e6,

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use eventline_events::catalog::{CatalogCommand, CatalogEvent, ReserveStock, StockReserved};
 use eventline_events::envelope::{HeaderValue, headers};
 use eventline_events::reply::{REPLY_TYPE, ReplyEvent};
+use eventline_events::reply_to::DIRECT_REPLY_TO;
 use eventline_events::values::{OrderId, ProductId, Quantity};
 use eventline_events::{
     CausationId, Contract, CorrelationId, EventId, Metadata, Namespace, OutgoingMessage, Reply,
@@ -65,7 +66,7 @@ pub struct BrokerFigures {
     pub classic: QueueFigures,
     /// The command queue's own declaration: quorum, delivery limit, dead-lettering.
     pub quorum: QueueFigures,
-    /// A worker's reply: to a client's exclusive queue through the default exchange.
+    /// A worker's reply: by direct reply-to to a client's channel, through the default exchange.
     pub reply_publish_per_s: f64,
     /// A relayed event: to the topic events exchange (nothing bound, as in the bench).
     pub event_publish_per_s: f64,
@@ -92,8 +93,10 @@ impl Samples {
             quantity,
         });
         let mut command = OutgoingMessage::new(Metadata::origin(command.message_type()), &command);
-        // Server-named reply queues look like this; the name's length is what matters.
-        command.metadata.reply_to = Some("amq.gen-JzTY20BRgKO-HjmUJj0wLg".into());
+        // Direct reply-to names look like this; the name's length is what matters.
+        command.metadata.reply_to = Some(format!(
+            "{DIRECT_REPLY_TO}.g1h2AA1yZXBseUA5MjQ4ODg0AAAC/QAAAABrD+/6.b0H+f3raDndoBxFJuuQ6ZA=="
+        ));
         let event = CatalogEvent::from(StockReserved {
             product_id: product_id.clone(),
             order_id,
@@ -387,16 +390,18 @@ async fn settle(
     }
 }
 
-/// Publishes replies to an exclusive queue that another connection drains without acks,
-/// as a client does; returns confirmed publishes per second and RabbitMQ's µs per publish.
+/// Publishes replies by direct reply-to to a channel of another connection that consumes
+/// them, as the client does; returns confirmed publishes per second and RabbitMQ's µs per
+/// publish.
 async fn reply_path(
     plan: &Plan,
     channel: &Channel,
     consumer: &lapin::Connection,
     samples: &Samples,
 ) -> anyhow::Result<(f64, f64)> {
-    let private = broker::open_private_queue(consumer, "bench-replies").await?;
-    let (replies, queue, mut deliveries) = (private.channel, private.name, private.consumer);
+    let replies = consumer.create_channel().await?;
+    let mut deliveries = broker::consume_direct_replies(&replies, "bench-replies").await?;
+    let name = direct_reply_name(consumer, &replies).await?;
     // Ends when the channel closes below.
     let drain = tokio::spawn(async move {
         let mut count = 0u64;
@@ -410,9 +415,11 @@ async fn reply_path(
         publish_for(
             channel,
             "",
-            &queue,
+            &name,
             &samples.reply,
-            true,
+            // As the worker publishes replies: a direct reply-to publish counts as routed to
+            // no queue, and a mandatory one comes back as a return.
+            false,
             plan.confirm_window,
             plan.raw_duration,
         ),
@@ -425,6 +432,38 @@ async fn reply_path(
         count as f64 / elapsed.as_secs_f64(),
         micros_per(&usage, "rabbitmq", count),
     ))
+}
+
+/// The name the broker writes for `replies`' direct reply-to consumer: read back from a
+/// message `replies` publishes to a private queue with `reply_to` set.
+async fn direct_reply_name(
+    connection: &lapin::Connection,
+    replies: &Channel,
+) -> anyhow::Result<String> {
+    let probe = broker::open_private_queue(connection, "bench-reply-name").await?;
+    let properties = lapin::BasicProperties::default().with_reply_to(DIRECT_REPLY_TO.into());
+    replies
+        .basic_publish(
+            "".into(),
+            probe.name.as_str().into(),
+            BasicPublishOptions::default(),
+            b"name?",
+            properties,
+        )
+        .await?;
+    let mut consumer = probe.consumer;
+    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .context("the reply-name probe never arrived")?
+        .context("the probe queue closed")??;
+    let _ = probe.channel.close(200, "probe done".into()).await;
+    let name = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|n| n.to_string())
+        .context("the broker wrote no reply_to on the probe")?;
+    Ok(name)
 }
 
 /// Size of the headers table the runtime puts on a message, as encoded on the wire.

@@ -39,6 +39,7 @@ pub const ALL: &[Code] = &[
     code("missing_field", DeadLetter),
     code("invalid_id", DeadLetter),
     code("invalid_header", DeadLetter),
+    code("invalid_reply_to", DeadLetter),
     code("unsupported_schema_version", DeadLetter),
     code("body_too_large", ReplyAndDeadLetter),
     code("unsupported_content_type", ReplyAndDeadLetter),

@@ -24,6 +24,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::ids::{CausationId, CorrelationId, MessageId};
+use crate::reply_to;
 use crate::trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContext};
 use crate::{Contract, MAX_BODY_BYTES, SCHEMA_VERSION};
 
@@ -223,6 +224,20 @@ impl IncomingMessage {
             // Optional: it is informational, never used for ordering.
             None => OffsetDateTime::now_utc(),
         };
+        // Checked here so that nothing downstream (a reply, a dead letter's rejection) can
+        // publish to an address the broker would crash on (see `reply_to`).
+        let reply_to = match self.reply_to.as_deref() {
+            None | Some("") => None,
+            Some(address) => match reply_to::classify(address) {
+                Ok(_) => Some(address.to_owned()),
+                Err(why) => {
+                    return Err(DecodeError::InvalidReplyTo {
+                        value: address.chars().take(255).collect(),
+                        why,
+                    });
+                }
+            },
+        };
         Ok(Metadata {
             message_id,
             correlation_id,
@@ -230,7 +245,7 @@ impl IncomingMessage {
             message_type,
             schema_version,
             occurred_at,
-            reply_to: self.reply_to.clone().filter(|r| !r.is_empty()),
+            reply_to,
             trace: self.trace(),
         })
     }
@@ -332,6 +347,13 @@ pub enum DecodeError {
         value: String,
         expected: &'static str,
     },
+    #[error(
+        "reply_to {value:?} {why}; name a queue, or consume amq.rabbitmq.reply-to and let the broker write the name (see schema/CONTRACT.md)"
+    )]
+    InvalidReplyTo {
+        value: String,
+        why: crate::reply_to::InvalidReplyTo,
+    },
     #[error("content type {0:?} is not supported; send JSON with content_type application/json")]
     UnsupportedContentType(String),
     #[error("schema version {found} is not supported; this worker reads version {supported}")]
@@ -359,6 +381,7 @@ impl DecodeError {
             Self::MissingField(_) => "missing_field",
             Self::InvalidId { .. } => "invalid_id",
             Self::InvalidHeader { .. } => "invalid_header",
+            Self::InvalidReplyTo { .. } => "invalid_reply_to",
             Self::UnsupportedContentType(_) => "unsupported_content_type",
             Self::UnsupportedSchemaVersion { .. } => "unsupported_schema_version",
             Self::UnknownMessageType { .. } => "unknown_message_type",

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod orders;
 pub mod payments;
 pub mod reply;
+pub mod reply_to;
 pub mod schema;
 pub mod topology;
 pub mod trace;

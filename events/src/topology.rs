@@ -262,6 +262,10 @@ pub struct BrokerPermissions {
     pub read: String,
 }
 
+/// RabbitMQ's direct reply-to pseudo-queue: a client consumes it and names it in `reply_to`
+/// (see `reply_to`, which checks the names the broker rewrites it to).
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// The name RabbitMQ checks permissions against when a message goes to the default exchange.
 pub const DEFAULT_EXCHANGE: &str = "amq.default";
 

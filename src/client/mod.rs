@@ -87,7 +87,6 @@ pub struct Client {
     connection: Connection,
     publisher: Channel,
     topology: Topology,
-    reply_queue: String,
     pending: Pending,
     token: Option<String>,
     /// Orders' signing key, for operator tools and tests that drive one saga step by hand.
@@ -96,18 +95,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects, declares the exchanges, and opens a private reply queue.
+    /// Connects, declares the exchanges, and consumes its replies by direct reply-to.
     pub async fn connect(url: &SecretUrl, namespace: Namespace) -> Result<Self, ClientError> {
         let topology = Topology::new(namespace);
         let connection = broker::connect(url, "client").await?;
         let publisher = broker::confirm_channel(&connection).await?;
         broker::declare_exchanges(&publisher, &topology).await?;
 
-        // A private queue vanishes with the connection, so abandoned replies never pile up
-        // on the broker.
-        let replies = broker::open_private_queue(&connection, "replies").await?;
-        let reply_queue = replies.name;
-        let mut consumer = replies.consumer;
+        // Direct reply-to: replies come straight to this channel, so the broker keeps no reply
+        // queue to enqueue into and deliver from. Consumed before the first publish, on the
+        // channel the commands go out on, as RabbitMQ requires.
+        let mut consumer = broker::consume_direct_replies(&publisher, "replies").await?;
         let pending: Pending = Arc::default();
         let router = pending.clone();
         tokio::spawn(async move {
@@ -131,7 +129,6 @@ impl Client {
             connection,
             publisher,
             topology,
-            reply_queue,
             pending,
             token: None,
             saga_key: None,

@@ -1,8 +1,9 @@
 //! Waiting for a command's reply: a waiter per message id, answered by the reply router that
-//! `Client::connect` starts on the client's private queue, or timed out and forgotten.
+//! `Client::connect` starts on its direct reply-to consumer, or timed out and forgotten.
 
 use std::time::Duration;
 
+use eventline_events::reply_to::DIRECT_REPLY_TO;
 use eventline_events::{Contract, MessageId, Metadata, OutgoingMessage, Reply};
 use tokio::sync::oneshot;
 
@@ -27,7 +28,8 @@ impl Client {
         mut message: OutgoingMessage,
         timeout: Duration,
     ) -> Result<Reply, ClientError> {
-        message.metadata.reply_to = Some(self.reply_queue.clone());
+        // The broker rewrites it to this channel's own direct reply-to name.
+        message.metadata.reply_to = Some(DIRECT_REPLY_TO.to_owned());
         let message_id = message.metadata.message_id;
         let (tx, rx) = oneshot::channel();
         if let Ok(mut pending) = self.pending.lock() {

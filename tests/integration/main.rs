@@ -26,6 +26,7 @@ mod projections;
 mod python_client;
 mod readers;
 mod relay;
+mod reply_to;
 mod saga;
 mod settlement;
 mod span_export;

@@ -40,6 +40,10 @@ pub const CONFLICTS: &str = "eventline_conflict_redecides_total";
 pub const CONFIRM_SECONDS: &str = "eventline_publish_confirm_seconds";
 /// Sessions re-opened after a failure, by `component` and `peer` (broker or database).
 pub const RECONNECTS: &str = "eventline_reconnects_total";
+/// Replies sent on a connection of their own to try a direct reply-to node tag not seen
+/// before, by `verdict` (`good`: the broker took it; `bad`: it closed the connection). More
+/// than one `good` per node per process, or any `bad`, deserves a look.
+pub const REPLY_PROBES: &str = "eventline_reply_probes_total";
 /// Events the relay has published and had confirmed.
 pub const RELAY_PUBLISHED: &str = "eventline_relay_published_events_total";
 /// Committed events a log reader (`reader`: `relay` or `projection.*`) has not yet passed.
@@ -312,6 +316,14 @@ pub fn reconnecting(namespace: &Namespace, component: &'static str, peer: Peer) 
         "namespace" => namespace.to_string(),
         "component" => component,
         "peer" => peer.label())
+    .increment(1);
+}
+
+/// A reply tried a direct reply-to node tag on a connection of its own.
+pub fn reply_probed(namespace: &Namespace, good: bool) {
+    counter!(REPLY_PROBES,
+        "namespace" => namespace.to_string(),
+        "verdict" => if good { "good" } else { "bad" })
     .increment(1);
 }
 

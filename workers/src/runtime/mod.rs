@@ -25,6 +25,7 @@ pub mod projection;
 pub mod readiness;
 pub mod redact;
 pub mod relay;
+pub mod reply_nodes;
 pub mod sampler;
 pub mod settle;
 pub mod shutdown;

@@ -61,6 +61,7 @@ use super::metrics;
 use super::presence;
 use super::propagation;
 use super::readiness;
+use super::reply_nodes::ReplyNodes;
 use super::settle::Failure;
 use super::shutdown::Shutdown;
 use super::store::EventStore;
@@ -127,6 +128,8 @@ pub struct CommandWorker<H: Handler> {
     handler: H,
     /// The session tokens verified so far, with the auth key (`None`: no key configured).
     tokens: Option<TokenCache>,
+    /// The direct reply-to nodes this process has published replies to.
+    reply_nodes: ReplyNodes,
 }
 
 /// One connection's publishing side, what its declare found, and its consume channel's acks.
@@ -169,6 +172,7 @@ impl<H: Handler> CommandWorker<H> {
                 .auth
                 .verifying
                 .map(|key| TokenCache::new(key, token_cache::DEFAULT_CAPACITY)),
+            reply_nodes: ReplyNodes::new(config.namespace.clone()),
             config,
             store,
             handler,

@@ -244,8 +244,15 @@ impl<H: Handler> CommandWorker<H> {
         }
         // Replies are best effort: the outcome is already committed, and a client that missed
         // it re-sends the same message id and gets the stored reply.
-        if let Err(error) =
-            broker::publish_message(&session.publisher, "", reply_to, &message).await
+        if let Err(error) = self
+            .reply_nodes
+            .publish(
+                &session.publisher,
+                &self.config.amqp_url,
+                reply_to,
+                &message,
+            )
+            .await
         {
             warn!(%error, %reply_to, "could not send the reply");
         }
