@@ -176,7 +176,7 @@ async fn measure(
     within(
         "connecting the clients",
         SETUP_PATIENCE,
-        system.connect_clients(plan.clients),
+        system.connect_clients(plan.connections),
     )
     .await?;
     let base = plan.base_replicas();
@@ -332,7 +332,7 @@ async fn measure(
     let saga_clients = within(
         "connecting the saga's clients",
         SETUP_PATIENCE,
-        system.saga_clients(plan.clients),
+        system.saga_clients(plan.connections),
     )
     .await?;
     let saga = within(
@@ -340,6 +340,7 @@ async fn measure(
         plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE,
         saga::closed_loop(
             &saga_clients,
+            plan.clients,
             saga_products.product_ids(),
             Window {
                 warmup: plan.warmup,
@@ -361,6 +362,7 @@ async fn measure(
     let end_to_end = EndToEnd {
         command: "catalog.reserve_stock",
         clients: plan.clients,
+        connections: plan.connections,
         saturation,
         observability,
         offered,

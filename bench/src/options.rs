@@ -24,10 +24,15 @@ pub struct Options {
     /// Seconds each measured load point runs, after its warm-up [default: 8, --quick: 1.5].
     #[arg(long)]
     pub duration: Option<f64>,
-    /// Concurrent clients (one AMQP connection each; one command in flight each at
-    /// saturation) [default: 64, --quick: 16].
+    /// Concurrent clients (one command, or one order, in flight each at saturation)
+    /// [default: 64, --quick: 16].
     #[arg(long)]
     pub clients: Option<usize>,
+    /// AMQP connections the clients share, round robin (each a `Client`: one channel, one
+    /// direct reply-to consumer, one outcome tail for the saga). One per client makes the
+    /// broker fan every order's outcome out to as many tails [default: 4, at most --clients].
+    #[arg(long)]
+    pub connections: Option<usize>,
     /// Worker replica counts to measure saturation with, e.g. 1,2,4. The first is the one
     /// every other end-to-end point uses.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
@@ -80,6 +85,7 @@ pub struct Plan {
     #[serde(with = "seconds")]
     pub raw_duration: Duration,
     pub clients: usize,
+    pub connections: usize,
     pub replicas: Vec<usize>,
     pub log_size: u64,
     pub products: usize,
@@ -112,6 +118,11 @@ impl Plan {
         ensure!(
             (1..=1000).contains(&clients),
             "--clients {clients} is out of range; use 1 to 1000"
+        );
+        let connections = options.connections.unwrap_or(4).min(clients);
+        ensure!(
+            connections >= 1,
+            "--connections {connections} is out of range; use 1 to --clients"
         );
         if options.replicas.is_empty() || options.replicas.iter().any(|&r| !(1..=16).contains(&r)) {
             bail!(
@@ -146,6 +157,7 @@ impl Plan {
             warmup: Duration::from_secs_f64(if quick { 0.5_f64 } else { 2.0 }.min(duration)),
             raw_duration: Duration::from_secs_f64(if quick { 1.0 } else { 3.0 }),
             clients,
+            connections,
             replicas: options.replicas.clone(),
             log_size,
             products: options.products,

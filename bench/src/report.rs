@@ -65,6 +65,8 @@ pub struct LogGrowth {
 pub struct EndToEnd {
     pub command: &'static str,
     pub clients: usize,
+    /// The AMQP connections the clients shared.
+    pub connections: usize,
     pub saturation: PointReport,
     /// The saturation point again, with metrics and tracing off and then on.
     pub observability: Observability,
@@ -269,8 +271,8 @@ impl Report {
 
         writeln!(
             out,
-            "\nEND TO END  {} (quantity 1, fresh order), {} clients, published -> committed -> replied; latency from (scheduled) publish to reply",
-            e.command, e.clients
+            "\nEND TO END  {} (quantity 1, fresh order), {} clients on {} connections, published -> committed -> replied; latency from (scheduled) publish to reply",
+            e.command, e.clients, e.connections
         )?;
         writeln!(
             out,
@@ -351,8 +353,8 @@ impl Report {
         let saga = &e.saga;
         writeln!(
             out,
-            "\nORDER SAGA  place_order -> orders -> catalog -> payments -> outcome event, {} clients, closed loop",
-            saga.clients
+            "\nORDER SAGA  place_order -> orders -> catalog -> payments -> outcome event, {} clients on {} connections, closed loop",
+            saga.clients, saga.connections
         )?;
         writeln!(
             out,

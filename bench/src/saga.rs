@@ -20,6 +20,8 @@ use crate::load::{Latency, Window};
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SagaReport {
     pub clients: usize,
+    /// The AMQP connections they shared.
+    pub connections: usize,
     /// Orders whose outcome arrived in the window, per second.
     pub orders_per_s: f64,
     /// Of those, confirmed per second (the rest were rejected or cancelled).
@@ -32,10 +34,12 @@ pub struct SagaReport {
     pub first_error: Option<String>,
 }
 
-/// `clients` each place an order (one line, quantity 1, a random product, a card that is
-/// approved) as soon as the previous one has its outcome, for the warm-up and the window.
+/// `concurrency` clients, sharing `clients`' connections round robin, each place an order
+/// (one line, quantity 1, a random product, a card that is approved) as soon as the previous
+/// one has its outcome, for the warm-up and the window.
 pub async fn closed_loop(
     clients: &[Arc<Client>],
+    concurrency: usize,
     products: &[ProductId],
     window: Window,
     timeout: Duration,
@@ -47,8 +51,9 @@ pub async fn closed_loop(
     let opens = start + window.warmup;
     let closes = opens + window.duration;
     let mut tasks = JoinSet::new();
-    for client in clients {
-        let (client, products, card) = (client.clone(), products.clone(), card.clone());
+    for i in 0..concurrency {
+        let client = clients[i % clients.len()].clone();
+        let (products, card) = (products.clone(), card.clone());
         tasks.spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .expect("constant bounds are valid");
@@ -95,7 +100,8 @@ pub async fn closed_loop(
         });
     }
     let mut report = SagaReport {
-        clients: clients.len(),
+        clients: concurrency,
+        connections: clients.len(),
         ..SagaReport::default()
     };
     let mut all: Option<Histogram<u64>> = None;

@@ -182,7 +182,8 @@ impl System {
         self.workers.len()
     }
 
-    /// Opens `n` clients, each with its own connection and reply queue.
+    /// Opens `n` clients, each its own connection: one channel that publishes and consumes
+    /// its replies by direct reply-to. The load shares them round robin.
     pub async fn connect_clients(&mut self, n: usize) -> anyhow::Result<()> {
         let mut connecting = JoinSet::new();
         for _ in 0..n {
@@ -249,7 +250,8 @@ impl System {
         Ok(())
     }
 
-    /// `n` clients that place orders as this run's customer, each with its own connection.
+    /// `n` clients that place orders as this run's customer, each its own connection (and
+    /// outcome tail); the saga shares them round robin.
     pub async fn saga_clients(&self, n: usize) -> anyhow::Result<Vec<Arc<Client>>> {
         let mut clients = Vec::with_capacity(n);
         for _ in 0..n {
