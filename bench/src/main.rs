@@ -22,6 +22,7 @@ mod raw_broker;
 mod raw_db;
 mod report;
 mod saga;
+mod saga_stages;
 mod stages;
 mod system;
 mod usage;
@@ -335,21 +336,24 @@ async fn measure(
         system.saga_clients(plan.connections),
     )
     .await?;
-    let saga = within(
+    let window = Window {
+        warmup: plan.warmup,
+        duration: plan.duration,
+    };
+    let before_saga = saga_stages::mark(system.store.pool()).await?;
+    let (saga, timed) = within(
         "the order saga",
         plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE,
         saga::closed_loop(
             &saga_clients,
             plan.clients,
             saga_products.product_ids(),
-            Window {
-                warmup: plan.warmup,
-                duration: plan.duration,
-            },
+            window,
             plan.request_timeout,
         ),
     )
     .await?;
+    let saga_stages = saga_stages::measure(system.store.pool(), before_saga, &timed).await?;
     progress.done(format!(
         "saga        {:.0} orders/s ({:.0} confirmed/s)  p50 {:.1}  p99 {:.1} ms  errors {}",
         saga.orders_per_s,
@@ -357,6 +361,27 @@ async fn measure(
         saga.latency.p50_ms,
         saga.latency.p99_ms,
         saga.errors
+    ));
+    let half = saga.orders_per_s * 0.5;
+    progress.phase(format!("order saga, open loop at 50% ({half:.0} orders/s)"));
+    let saga_half = within(
+        "the order saga at 50%",
+        plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE,
+        saga::open_loop(
+            &saga_clients,
+            half,
+            saga_products.product_ids(),
+            window,
+            plan.request_timeout,
+        ),
+    )
+    .await?;
+    progress.done(format!(
+        "saga 50%    {:.0} of {half:.0} orders/s  p50 {:.1}  p99 {:.1} ms  errors {}",
+        saga_half.orders_per_s,
+        saga_half.latency.p50_ms,
+        saga_half.latency.p99_ms,
+        saga_half.errors
     ));
 
     let end_to_end = EndToEnd {
@@ -374,6 +399,8 @@ async fn measure(
             long_streams,
         },
         saga,
+        saga_stages,
+        saga_half,
     };
     Ok((raw_broker, raw_database, end_to_end))
 }
