@@ -242,3 +242,79 @@ fn moment_of(event_type: &str, data: serde_json::Value) -> Option<(OrderId, usiz
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use eventline_events::catalog::StockReserved;
+    use eventline_events::orders::{OrderConfirmed, OrderPlaced};
+    use eventline_events::payments::{PaymentAuthorized, PaymentCaptured};
+    use eventline_events::values::{Money, ProductId, Quantity};
+
+    use super::*;
+
+    /// An event as the log stores it: its wire type and its body.
+    fn logged<E: Contract>(event: E) -> (String, serde_json::Value) {
+        (event.message_type().to_owned(), event.to_json())
+    }
+
+    #[test]
+    fn each_moment_is_read_from_the_event_that_marks_it_and_no_other() {
+        let order_id = OrderId::new();
+        let product_id = ProductId::parse("tea".into()).unwrap();
+        let amount = Money::parse(250).unwrap();
+        let quantity = Quantity::parse(1).unwrap();
+        let placed = OrderPlaced {
+            order_id,
+            customer_id: eventline_events::auth::UserId::new(),
+            lines: eventline_events::orders::OrderLines::parse(vec![
+                eventline_events::orders::OrderLine {
+                    product_id: product_id.clone(),
+                    quantity,
+                },
+            ])
+            .unwrap(),
+        };
+        let cases = [
+            (logged(OrdersEvent::from(placed)), Some(PLACED)),
+            (
+                logged(CatalogEvent::from(StockReserved {
+                    product_id,
+                    order_id,
+                    quantity,
+                    unit_price: amount,
+                })),
+                Some(STOCK_RESERVED),
+            ),
+            (
+                logged(PaymentsEvent::from(PaymentAuthorized {
+                    order_id,
+                    amount,
+                    authorization: "auth-1".into(),
+                })),
+                None,
+            ),
+            (
+                logged(PaymentsEvent::from(PaymentCaptured { order_id, amount })),
+                Some(CAPTURED),
+            ),
+            (
+                logged(OrdersEvent::from(OrderConfirmed {
+                    order_id,
+                    total: amount,
+                })),
+                Some(CONFIRMED),
+            ),
+            (
+                ("catalog.no_such_event".to_owned(), serde_json::json!({})),
+                None,
+            ),
+        ];
+        for ((event_type, data), expected) in cases {
+            let got = moment_of(&event_type, data);
+            assert_eq!(got.map(|(_, m)| m), expected, "{event_type}");
+            if let Some((id, _)) = got {
+                assert_eq!(id, order_id, "{event_type}");
+            }
+        }
+    }
+}
