@@ -341,18 +341,23 @@ async fn measure(
         duration: plan.duration,
     };
     let before_saga = saga_stages::mark(system.store.pool()).await?;
-    let (saga, timed) = within(
-        "the order saga",
-        plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE,
-        saga::closed_loop(
-            &saga_clients,
-            plan.clients,
-            saga_products.product_ids(),
-            window,
-            plan.request_timeout,
+    let (closed, saga_usage) = usage::with_usage(
+        &system.database_name,
+        within(
+            "the order saga",
+            plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE,
+            saga::closed_loop(
+                &saga_clients,
+                plan.clients,
+                saga_products.product_ids(),
+                window,
+                plan.request_timeout,
+            ),
         ),
     )
-    .await?;
+    .await;
+    let (mut saga, timed) = closed?;
+    saga.usage = Some(saga_usage);
     let saga_stages = saga_stages::measure(system.store.pool(), before_saga, &timed).await?;
     progress.done(format!(
         "saga        {:.0} orders/s ({:.0} confirmed/s)  p50 {:.1}  p99 {:.1} ms  errors {}",

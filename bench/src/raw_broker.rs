@@ -230,7 +230,7 @@ pub async fn measure(
     (figures.reply_publish_per_s, figures.reply_cpu_us) =
         reply_path(plan, &pub_channel, &consumer, &samples).await?;
     progress.done(format!(
-        "raw broker  reply (exclusive queue, consumed): publish+confirm {:>8.0} msg/s",
+        "raw broker  reply (direct reply-to, consumed): publish+confirm {:>8.0} msg/s",
         figures.reply_publish_per_s
     ));
 

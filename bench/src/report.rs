@@ -281,7 +281,7 @@ impl Report {
         writeln!(
             out,
             "  {:<44} {:>12}",
-            "reply to an exclusive queue (drained)",
+            "reply by direct reply-to (consumed)",
             rate(b.reply_publish_per_s)
         )?;
         writeln!(
@@ -445,8 +445,9 @@ impl Report {
         if let Some(ceiling) = e.saga_ceiling() {
             writeln!(
                 out,
-                "  messages handled per order: {:.2}; catalog saturation {:.0} cmd/s / {:.2} = saga ceiling {:.0} orders/s; measured {:.0} = {:.2} of it",
+                "  messages handled per order: {:.2} (events appended: {:.2}); catalog saturation {:.0} cmd/s / {:.2} = saga ceiling {:.0} orders/s; measured {:.0} = {:.2} of it",
                 stages.messages_per_order,
+                stages.events_per_order,
                 e.saturation.load.achieved_per_s,
                 stages.messages_per_order,
                 ceiling,
@@ -511,9 +512,39 @@ impl Report {
                 rss
             )?;
         }
+        if let Some(u) = &e.saga.usage {
+            // The saga's workers are orders, catalog and payments together; per order, not
+            // per command, over the whole run (warm-up included, as its CPU is).
+            let per_order = |name: &str| {
+                u.component(name).map_or("n/a".to_owned(), |c| {
+                    if e.saga.orders_all > 0 {
+                        format!(
+                            "{:.2}/{:.0}",
+                            c.cores,
+                            c.cpu_seconds / e.saga.orders_all as f64 * 1e6
+                        )
+                    } else {
+                        format!("{:.2}/-", c.cores)
+                    }
+                })
+            };
+            writeln!(
+                out,
+                "  {:<22} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9.2}",
+                "order saga (per order)",
+                e.saga.orders_per_s,
+                per_order("workers"),
+                per_order("relay"),
+                per_order("rabbitmq"),
+                per_order("postgres"),
+                per_order("bench clients"),
+                per_order("other"),
+                u.machine_busy_cores
+            )?;
+        }
         writeln!(
             out,
-            "  (cores/µs per command; 'other' is the kernel and everything else on the machine; RSS is each worker's peak)"
+            "  (cores/µs per command, for the saga per order; 'other' is the kernel and everything else on the machine; RSS is each worker's peak)"
         )?;
 
         let c = &self.ceiling;

@@ -44,6 +44,11 @@ pub struct SagaReport {
     pub first_error: Option<String>,
     /// Orders an open loop did not send because too many were still waiting.
     pub dropped: u64,
+    /// Outcomes that arrived over the whole run, warm-up included: what the CPU of
+    /// [`SagaReport::usage`] was spent on.
+    pub orders_all: u64,
+    /// CPU and memory over the whole closed-loop run (`None` for the open loop).
+    pub usage: Option<crate::usage::Usage>,
 }
 
 /// A confirmed order placed in the window: its id, and when the client sent it and heard
@@ -60,6 +65,7 @@ pub struct Timed {
 struct Tally {
     histogram: Histogram<u64>,
     done: u64,
+    all: u64,
     confirmed: u64,
     outcomes: BTreeMap<String, u64>,
     errors: u64,
@@ -73,6 +79,7 @@ impl Tally {
             histogram: Histogram::new_with_bounds(1, 60_000_000, 3)
                 .expect("constant bounds are valid"),
             done: 0,
+            all: 0,
             confirmed: 0,
             outcomes: BTreeMap::new(),
             errors: 0,
@@ -86,6 +93,7 @@ impl Tally {
         let in_window = due >= bounds.0 && due < bounds.1;
         match placed.status {
             Ok(status) => {
+                self.all += 1;
                 if placed.finished >= bounds.0 && placed.finished < bounds.1 {
                     self.done += 1;
                     if status == "confirmed" {
@@ -112,6 +120,7 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         let _ = self.histogram.add(&other.histogram);
         self.done += other.done;
+        self.all += other.all;
         self.confirmed += other.confirmed;
         for (status, n) in other.outcomes {
             *self.outcomes.entry(status).or_default() += n;
@@ -132,6 +141,7 @@ impl Tally {
             latency: Latency::from_histogram(&self.histogram),
             errors: self.errors,
             first_error: self.first_error,
+            orders_all: self.all,
             ..base
         };
         (report, self.timed)

@@ -47,6 +47,8 @@ pub struct SagaStages {
     pub stages: Vec<Stage>,
     /// Messages the services handled (inbox rows) per order the saga point placed.
     pub messages_per_order: f64,
+    /// Events appended per order the saga point placed (what the relay publishes).
+    pub events_per_order: f64,
 }
 
 /// The moments of one order, in the order the saga reaches them.
@@ -146,6 +148,7 @@ pub async fn measure(pool: &PgPool, before: Mark, timed: &[Timed]) -> anyhow::Re
     .await?;
     let now = mark(pool).await?;
 
+    let events = rows.len();
     let mut moments: HashMap<OrderId, [Option<OffsetDateTime>; MOMENTS]> = HashMap::new();
     let mut placed = 0u64;
     for (event_type, data, recorded_at) in rows {
@@ -210,14 +213,12 @@ pub async fn measure(pool: &PgPool, before: Mark, timed: &[Timed]) -> anyhow::Re
         })
         .collect();
     let handled = now.inbox_rows - before.inbox_rows;
+    let per_order = |n: f64| if placed > 0 { n / placed as f64 } else { 0.0 };
     Ok(SagaStages {
         orders,
         stages,
-        messages_per_order: if placed > 0 {
-            handled as f64 / placed as f64
-        } else {
-            0.0
-        },
+        messages_per_order: per_order(handled as f64),
+        events_per_order: per_order(events as f64),
     })
 }
 
