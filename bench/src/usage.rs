@@ -6,6 +6,7 @@
 //! kernel, and whatever else runs here (other people's builds on a shared machine), which is
 //! why it is reported rather than assumed to be zero.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::load::WindowHook;
@@ -46,10 +47,23 @@ impl Usage {
     }
 }
 
+/// Where a component's processes are found. Read again when the window closes: a process
+/// that started inside the window (a pool's connection opened on demand, a worker started
+/// for the point) spent all its CPU there, and missing it would charge that CPU to "other".
+#[derive(Clone, Copy)]
+enum Source {
+    /// This run's children whose command line has this word (`worker`, `relay`).
+    Children(&'static str),
+    Broker,
+    Database,
+    Bench,
+}
+
 struct Group {
     name: &'static str,
-    pids: Vec<u32>,
-    start: Vec<Option<u64>>,
+    source: Source,
+    /// Each process's CPU ticks when the window opened.
+    start: HashMap<u32, u64>,
 }
 
 /// A [`WindowHook`] that measures [`Usage`] over the window.
@@ -77,48 +91,55 @@ impl UsageProbe {
     }
 }
 
-fn ticks(pids: &[u32]) -> Vec<Option<u64>> {
+impl UsageProbe {
+    fn pids(&self, source: Source) -> Vec<u32> {
+        match source {
+            Source::Children(kind) => procstat::children()
+                .into_iter()
+                .filter(|c| c.cmdline.split_whitespace().any(|word| word == kind))
+                .map(|c| c.pid)
+                .collect(),
+            Source::Broker => procstat::broker_pids(),
+            Source::Database => procstat::database_pids(&self.database),
+            Source::Bench => vec![std::process::id()],
+        }
+    }
+}
+
+fn ticks(pids: &[u32]) -> HashMap<u32, u64> {
     pids.iter()
-        .map(|&pid| procstat::cpu_ticks(pid).ok())
+        .filter_map(|&pid| Some((pid, procstat::cpu_ticks(pid).ok()?)))
         .collect()
 }
 
-/// Ticks spent between two reads, counting only processes seen both times.
-fn spent(start: &[Option<u64>], end: &[Option<u64>]) -> u64 {
-    start
-        .iter()
-        .zip(end)
-        .filter_map(|(a, b)| Some(b.as_ref()?.saturating_sub(*a.as_ref()?)))
+/// Ticks spent since `start` by the processes alive now: from their start for those the
+/// window's opening saw, all of them for those that started since. (A process that ended
+/// inside the window cannot be read and is lost.)
+fn spent(start: &HashMap<u32, u64>, now: &HashMap<u32, u64>) -> u64 {
+    now.iter()
+        .map(|(pid, &end)| end.saturating_sub(start.get(pid).copied().unwrap_or(0)))
         .sum()
 }
 
 impl WindowHook for UsageProbe {
     fn opened(&mut self) {
-        let children = procstat::children();
-        let of_kind = |kind: &str| -> Vec<u32> {
-            children
-                .iter()
-                .filter(|c| c.cmdline.split_whitespace().any(|word| word == kind))
-                .map(|c| c.pid)
-                .collect()
-        };
-        self.workers = children
+        self.workers = procstat::children()
             .iter()
             .filter(|c| c.cmdline.split_whitespace().any(|word| word == "worker"))
             .map(|c| (c.name.clone(), c.pid, procstat::cpu_ticks(c.pid).ok()))
             .collect();
         self.groups = [
-            ("workers", of_kind("worker")),
-            ("relay", of_kind("relay")),
-            ("rabbitmq", procstat::broker_pids()),
-            ("postgres", procstat::database_pids(&self.database)),
-            ("bench clients", vec![std::process::id()]),
+            ("workers", Source::Children("worker")),
+            ("relay", Source::Children("relay")),
+            ("rabbitmq", Source::Broker),
+            ("postgres", Source::Database),
+            ("bench clients", Source::Bench),
         ]
         .into_iter()
-        .map(|(name, pids)| Group {
+        .map(|(name, source)| Group {
             name,
-            start: ticks(&pids),
-            pids,
+            source,
+            start: ticks(&self.pids(source)),
         })
         .collect();
         self.machine = procstat::machine_ticks().ok();
@@ -133,7 +154,8 @@ impl WindowHook for UsageProbe {
             .groups
             .iter()
             .map(|group| {
-                let cpu_seconds = spent(&group.start, &ticks(&group.pids)) as f64 / per_second;
+                let now = ticks(&self.pids(group.source));
+                let cpu_seconds = spent(&group.start, &now) as f64 / per_second;
                 ComponentCpu {
                     name: group.name.to_owned(),
                     cpu_seconds,
@@ -165,7 +187,9 @@ impl WindowHook for UsageProbe {
                 WorkerUsage {
                     name: name.clone(),
                     pid: *pid,
-                    cores: spent(&[*start], &[end]) as f64 / per_second / seconds,
+                    cores: end.zip(*start).map_or(0, |(e, s)| e.saturating_sub(s)) as f64
+                        / per_second
+                        / seconds,
                     rss_mib: mib(memory.rss_kib),
                     peak_rss_mib: mib(memory.peak_rss_kib),
                 }
@@ -196,5 +220,18 @@ pub fn micros_per(usage: &Usage, component: &str, operations: u64) -> f64 {
     match usage.component(component) {
         Some(c) if operations > 0 => c.cpu_seconds / operations as f64 * 1e6,
         _ => f64::NAN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_started_inside_the_window_counts_in_full() {
+        let start = HashMap::from([(10, 100), (11, 50)]);
+        // 10 ran 20 ticks; 11 ended (unreadable, lost); 12 started and ran 7.
+        let now = HashMap::from([(10, 120), (12, 7)]);
+        assert_eq!(spent(&start, &now), 27);
     }
 }
