@@ -9,6 +9,7 @@
 //! Both record into HdrHistograms (microseconds) and count only what falls in the measured
 //! window: latency of commands sent in it, throughput of replies received in it.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +31,8 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 /// past saturation; the generator stops sending and reports how many it dropped.
 const MAX_OPEN_LOOP_IN_FLIGHT: usize = 50_000;
 
-fn histogram() -> Histogram<u64> {
+/// A latency histogram in microseconds, as every load point records.
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds are valid")
 }
 
@@ -319,6 +321,85 @@ pub async fn closed_loop(
     result
 }
 
+/// An open loop's timetable: sends at `rate` per second from `start` (a moment ahead, so the
+/// first is not already late) for the warm-up and the window, which `bounds` delimits.
+pub struct Timetable {
+    pub start: Instant,
+    pub rate: f64,
+    pub bounds: (Instant, Instant),
+    total: u64,
+}
+
+impl Timetable {
+    pub fn new(rate: f64, window: &Window) -> Self {
+        let rate = rate.max(1.0);
+        let start = Instant::now() + Duration::from_millis(20);
+        Self {
+            start,
+            rate,
+            bounds: (
+                start + window.warmup,
+                start + window.warmup + window.duration,
+            ),
+            total: ((window.warmup + window.duration).as_secs_f64() * rate).floor() as u64,
+        }
+    }
+
+    fn due(&self, i: u64) -> Instant {
+        self.start + Duration::from_secs_f64(i as f64 / self.rate)
+    }
+
+    /// Sends on schedule, whatever the answers do: `send(n)` (n counts from 1) gives each
+    /// send's task, and `record` gets each task's output with the time it was due, so each is
+    /// timed from then. With `max_in_flight` tasks still waiting, a send is dropped instead.
+    /// Returns the sends dropped and the most tasks that waited at once.
+    pub async fn run<T, F, E>(
+        &self,
+        max_in_flight: usize,
+        mut send: impl FnMut(u64) -> Result<F, E>,
+        mut record: impl FnMut(T, Instant),
+    ) -> Result<(u64, usize), E>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut tasks = JoinSet::new();
+        let (mut next, mut dropped, mut most) = (0u64, 0u64, 0usize);
+        while next < self.total {
+            tokio::select! {
+                biased;
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok((output, due)) = joined {
+                        record(output, due);
+                    }
+                }
+                () = tokio::time::sleep_until(self.due(next).into()) => {
+                    // Send everything that is due by now; a late wake-up sends a small burst,
+                    // and each is still timed from its own due time.
+                    let now = Instant::now();
+                    while next < self.total && self.due(next) <= now {
+                        let due = self.due(next);
+                        next += 1;
+                        if tasks.len() >= max_in_flight {
+                            dropped += 1;
+                            continue;
+                        }
+                        let work = send(next)?;
+                        tasks.spawn(async move { (work.await, due) });
+                        most = most.max(tasks.len());
+                    }
+                }
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((output, due)) = joined {
+                record(output, due);
+            }
+        }
+        Ok((dropped, most))
+    }
+}
+
 /// Commands sent on a fixed schedule at `rate` per second, spread over the clients, whatever
 /// the replies do; each is timed from when it was due.
 pub async fn open_loop(point: &Point<'_>, rate: f64) -> LoadResult {
@@ -330,64 +411,35 @@ pub async fn open_loop(point: &Point<'_>, rate: f64) -> LoadResult {
         progress,
         label,
     } = *point;
-    let rate = rate.max(1.0);
-    let start = Instant::now() + Duration::from_millis(20);
-    let bounds = (
-        start + window.warmup,
-        start + window.warmup + window.duration,
-    );
-    let total = ((window.warmup + window.duration).as_secs_f64() * rate).floor() as u64;
-    let due = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+    let timetable = Timetable::new(rate, &window);
+    let bounds = timetable.bounds;
     let done = Arc::new(AtomicU64::new(0));
     let mut tally = Tally::default();
-    let mut tasks = JoinSet::new();
-    let mut next = 0u64;
-    let mut dropped = 0u64;
-    let mut max_in_flight = 0usize;
-
-    let generator = async {
-        while next < total {
-            tokio::select! {
-                biased;
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok((started, finished, outcome)) = joined {
-                        tally.record(started, finished, outcome, bounds);
-                    }
-                }
-                () = tokio::time::sleep_until(due(next).into()) => {
-                    // Send everything that is due by now; a late wake-up sends a small burst,
-                    // and each command is still timed from its own due time.
-                    let now = Instant::now();
-                    while next < total && due(next) <= now {
-                        let scheduled = due(next);
-                        next += 1;
-                        if tasks.len() >= MAX_OPEN_LOOP_IN_FLIGHT {
-                            dropped += 1;
-                            continue;
-                        }
-                        let client = clients[(next as usize) % clients.len()].clone();
-                        let command = workload.next_command();
-                        let done = done.clone();
-                        tasks.spawn(async move {
-                            let outcome = client.request(&command, timeout).await;
-                            done.fetch_add(1, Ordering::Relaxed);
-                            (scheduled, Instant::now(), outcome)
-                        });
-                        max_in_flight = max_in_flight.max(tasks.len());
-                    }
-                }
-            }
-        }
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok((started, finished, outcome)) = joined {
-                tally.record(started, finished, outcome, bounds);
-            }
-        }
-    };
+    let generator = timetable.run(
+        MAX_OPEN_LOOP_IN_FLIGHT,
+        |n| {
+            let client = clients[(n as usize) % clients.len()].clone();
+            let command = workload.next_command();
+            let done = done.clone();
+            Ok::<_, Infallible>(async move {
+                let outcome = client.request(&command, timeout).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                (Instant::now(), outcome)
+            })
+        },
+        |(finished, outcome), due| tally.record(due, finished, outcome, bounds),
+    );
     let mut no_hook = ();
-    let watcher = watch_window(start, &window, &done, progress, label, &mut no_hook);
-    tokio::join!(generator, watcher);
-    let mut result = tally.result(&window, Some(rate));
+    let watcher = watch_window(
+        timetable.start,
+        &window,
+        &done,
+        progress,
+        label,
+        &mut no_hook,
+    );
+    let (Ok((dropped, max_in_flight)), ()) = tokio::join!(generator, watcher);
+    let mut result = tally.result(&window, Some(timetable.rate));
     result.dropped = dropped;
     result.max_in_flight = max_in_flight as u64;
     result

@@ -340,12 +340,14 @@ async fn measure(
         warmup: plan.warmup,
         duration: plan.duration,
     };
+    // Every order ends within the request timeout, as every command does in a point.
+    let patience = plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE;
     let before_saga = saga_stages::mark(system.store.pool()).await?;
     let (closed, saga_usage) = usage::with_usage(
         &system.database_name,
         within(
             "the order saga",
-            plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE,
+            patience,
             saga::closed_loop(
                 &saga_clients,
                 plan.clients,
@@ -371,7 +373,7 @@ async fn measure(
     progress.phase(format!("order saga, open loop at 50% ({half:.0} orders/s)"));
     let saga_half = within(
         "the order saga at 50%",
-        plan.warmup + plan.duration + plan.request_timeout * 2 + SETUP_PATIENCE,
+        patience,
         saga::open_loop(
             &saga_clients,
             half,

@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
 
-use crate::load::{Latency, Window};
+use crate::load::{Latency, Timetable, Window, histogram};
 
 /// Orders an open-loop point lets wait at once before it counts the next ones as dropped.
 const MAX_IN_FLIGHT: usize = 20_000;
@@ -76,8 +76,7 @@ struct Tally {
 impl Tally {
     fn new() -> Self {
         Self {
-            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)
-                .expect("constant bounds are valid"),
+            histogram: histogram(),
             done: 0,
             all: 0,
             confirmed: 0,
@@ -255,52 +254,25 @@ pub async fn open_loop(
     timeout: Duration,
 ) -> anyhow::Result<SagaReport> {
     let orders = Orders::new(products)?;
-    let rate = rate.max(1.0);
-    let start = Instant::now() + Duration::from_millis(20);
-    let bounds = (
-        start + window.warmup,
-        start + window.warmup + window.duration,
-    );
-    let total = ((window.warmup + window.duration).as_secs_f64() * rate).floor() as u64;
-    let due = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+    let timetable = Timetable::new(rate, &window);
+    let bounds = timetable.bounds;
     let mut tally = Tally::new();
-    let mut tasks = JoinSet::new();
-    let (mut next, mut dropped) = (0u64, 0u64);
-    while next < total {
-        tokio::select! {
-            biased;
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok((placed, scheduled)) = joined {
-                    tally.record(placed, scheduled, bounds);
-                }
-            }
-            () = tokio::time::sleep_until(due(next).into()) => {
-                // Everything due by now; each order is still timed from its own due time.
-                let now = Instant::now();
-                while next < total && due(next) <= now {
-                    let scheduled = due(next);
-                    next += 1;
-                    if tasks.len() >= MAX_IN_FLIGHT {
-                        dropped += 1;
-                        continue;
-                    }
-                    let client = clients[(next as usize) % clients.len()].clone();
-                    let order = orders.next()?;
-                    tasks.spawn(async move { (place(&client, order, timeout).await, scheduled) });
-                }
-            }
-        }
-    }
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((placed, scheduled)) = joined {
-            tally.record(placed, scheduled, bounds);
-        }
-    }
+    let (dropped, _) = timetable
+        .run(
+            MAX_IN_FLIGHT,
+            |n| {
+                let client = clients[(n as usize) % clients.len()].clone();
+                let order = orders.next()?;
+                Ok::<_, anyhow::Error>(async move { place(&client, order, timeout).await })
+            },
+            |placed, due| tally.record(placed, due, bounds),
+        )
+        .await?;
     let (report, _) = tally.report(
         &window,
         SagaReport {
             connections: clients.len(),
-            offered_per_s: Some(rate),
+            offered_per_s: Some(timetable.rate),
             dropped,
             ..SagaReport::default()
         },

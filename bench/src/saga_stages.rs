@@ -21,6 +21,7 @@ use hdrhistogram::Histogram;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
+use crate::load::{Latency, histogram};
 use crate::saga::Timed;
 
 /// Where the log and the inbox stood before the saga point.
@@ -172,10 +173,7 @@ pub async fn measure(pool: &PgPool, before: Mark, timed: &[Timed]) -> anyhow::Re
         }
     }
 
-    let mut histograms: Vec<Histogram<u64>> = HOPS
-        .iter()
-        .map(|_| Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant bounds are valid"))
-        .collect();
+    let mut histograms: Vec<Histogram<u64>> = HOPS.iter().map(|_| histogram()).collect();
     let mut orders = 0u64;
     for t in timed {
         let Some(logged) = moments.get(&t.order_id) else {
@@ -197,19 +195,14 @@ pub async fn measure(pool: &PgPool, before: Mark, timed: &[Timed]) -> anyhow::Re
     let stages = HOPS
         .iter()
         .zip(&histograms)
-        .map(|(&(name, covers, _, _), h)| Stage {
-            name,
-            covers,
-            p50_ms: if h.is_empty() {
-                0.0
-            } else {
-                h.value_at_quantile(0.5) as f64 / 1000.0
-            },
-            p99_ms: if h.is_empty() {
-                0.0
-            } else {
-                h.value_at_quantile(0.99) as f64 / 1000.0
-            },
+        .map(|(&(name, covers, _, _), h)| {
+            let latency = Latency::from_histogram(h);
+            Stage {
+                name,
+                covers,
+                p50_ms: latency.p50_ms,
+                p99_ms: latency.p99_ms,
+            }
         })
         .collect();
     let handled = now.inbox_rows - before.inbox_rows;

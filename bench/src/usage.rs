@@ -89,14 +89,12 @@ impl UsageProbe {
             usage: None,
         }
     }
-}
 
-impl UsageProbe {
     fn pids(&self, source: Source) -> Vec<u32> {
         match source {
             Source::Children(kind) => procstat::children()
                 .into_iter()
-                .filter(|c| c.cmdline.split_whitespace().any(|word| word == kind))
+                .filter(|c| is_kind(c, kind))
                 .map(|c| c.pid)
                 .collect(),
             Source::Broker => procstat::broker_pids(),
@@ -104,6 +102,11 @@ impl UsageProbe {
             Source::Bench => vec![std::process::id()],
         }
     }
+}
+
+/// Whether a child of the bench runs as `kind` (`worker`, `relay`): a word of its command line.
+fn is_kind(child: &procstat::ChildProcess, kind: &str) -> bool {
+    child.cmdline.split_whitespace().any(|word| word == kind)
 }
 
 fn ticks(pids: &[u32]) -> HashMap<u32, u64> {
@@ -125,7 +128,7 @@ impl WindowHook for UsageProbe {
     fn opened(&mut self) {
         self.workers = procstat::children()
             .iter()
-            .filter(|c| c.cmdline.split_whitespace().any(|word| word == "worker"))
+            .filter(|c| is_kind(c, "worker"))
             .map(|c| (c.name.clone(), c.pid, procstat::cpu_ticks(c.pid).ok()))
             .collect();
         self.groups = [
