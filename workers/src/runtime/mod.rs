@@ -28,6 +28,7 @@ pub mod relay;
 pub mod reply_nodes;
 pub mod sampler;
 pub mod settle;
+pub mod shared_connection;
 pub mod shutdown;
 pub mod state_cache;
 pub mod store;

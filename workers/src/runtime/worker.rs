@@ -63,6 +63,7 @@ use super::propagation;
 use super::readiness;
 use super::reply_nodes::ReplyNodes;
 use super::settle::Failure;
+use super::shared_connection::SharedConnection;
 use super::shutdown::Shutdown;
 use super::store::EventStore;
 use super::token::{self, Principal, TokenError};
@@ -75,7 +76,9 @@ const MAX_BATCH: usize = 32;
 /// while it commits gather in the prefetch buffer and the next batch takes them all (group
 /// commit), and a worker's own batches never race each other for a stream. Measured: four
 /// lanes made concurrent batches collide on the same products (thousands of re-decides a run)
-/// and cut saturation by a third; more throughput comes from more replicas.
+/// and cut saturation by a third; two lanes for orders' saga, whose streams do not collide,
+/// made smaller batches that cost more CPU per order and a worse p99; more throughput comes
+/// from more replicas.
 const DB_LANES: usize = 1;
 /// Batches a worker holds at once: the one in its transaction, plus two settling with the
 /// broker (reply, dispatches, ack) meanwhile.
@@ -130,6 +133,8 @@ pub struct CommandWorker<H: Handler> {
     tokens: Option<TokenCache>,
     /// The direct reply-to nodes this process has published replies to.
     reply_nodes: ReplyNodes,
+    /// The broker connection it consumes on: its own, unless [`Self::sharing`] one.
+    connection: Arc<SharedConnection>,
 }
 
 /// One connection's publishing side, what its declare found, and its consume channel's acks.
@@ -166,7 +171,9 @@ struct Received<C> {
 impl<H: Handler> CommandWorker<H> {
     pub fn new(config: Config, store: EventStore, handler: H) -> Self {
         readiness::report(&config.namespace, &Self::inbox_name(), false, "starting");
+        let role = format!("{} worker {}", H::SERVICE, config.replica);
         Self {
+            connection: SharedConnection::new(config.amqp_url.clone(), role),
             topology: Topology::new(config.namespace.clone()),
             tokens: config
                 .auth
@@ -179,10 +186,18 @@ impl<H: Handler> CommandWorker<H> {
         }
     }
 
+    /// Consumes on `connection`, which the process's other workers share, instead of a
+    /// connection of its own (see [`SharedConnection`] for why).
+    pub fn sharing(mut self, connection: Arc<SharedConnection>) -> Self {
+        self.connection = connection;
+        self
+    }
+
     /// Runs until `shutdown` fires, reconnecting to the broker with backoff whenever the
     /// connection drops. Returns only on shutdown.
     pub async fn run(self, shutdown: Shutdown) {
         let this = Arc::new(self);
+        this.connection.enter();
         let what = format!("{} worker", H::SERVICE);
         backoff::reconnect(shutdown.token(), &what, || {
             let this = this.clone();
@@ -198,13 +213,14 @@ impl<H: Handler> CommandWorker<H> {
             }
         })
         .await;
+        this.connection.leave().await;
         readiness::remove(&this.config.namespace, &Self::inbox_name());
     }
 
-    /// One connection's lifetime: declare, consume, and on shutdown drain in-flight work.
+    /// One session's lifetime on the (shared) connection: declare, consume, and on shutdown
+    /// drain in-flight work.
     async fn session(self: Arc<Self>, shutdown: &Shutdown) -> Result<(), SessionError> {
-        let role = format!("{} worker {}", H::SERVICE, self.config.replica);
-        let connection = broker::connect(&self.config.amqp_url, &role).await?;
+        let connection = self.connection.get().await?;
         let declared =
             broker::ensure_service_queues(&connection, &self.topology, H::SERVICE).await?;
         let consume = connection.create_channel().await?;
@@ -345,19 +361,22 @@ impl<H: Handler> CommandWorker<H> {
         {
             warn!(%error, "could not ack the last settled deliveries; the broker will redeliver them");
         }
-        match &result {
+        // This session's channels, not the connection, which the process's other workers may
+        // share: closing the consume channel returns exactly this worker's unacked deliveries
+        // (a panicked batch's included) before the reconnect. The connection is closed by the
+        // last worker to stop (`SharedConnection::leave`), or is already gone.
+        let why = match &result {
             Ok(()) => {
-                let _ = connection.close(200, "worker shutting down".into()).await;
                 info!(replica = %self.config.replica, "stopped cleanly");
+                "worker shutting down".to_owned()
             }
-            // The connection is healthy: close it now rather than whenever it is dropped, so
-            // the broker returns the panicked batch's deliveries before the reconnect.
-            Err(SessionError::Panicked(what, _)) => {
-                let _ = connection
-                    .close(541, format!("{what} panicked").into())
-                    .await;
+            Err(SessionError::Panicked(what, _)) => format!("{what} panicked"),
+            Err(SessionError::Broker(_)) => "session ended".to_owned(),
+        };
+        for channel in [&consume, &session.publisher] {
+            if channel.status().connected() {
+                let _ = channel.close(200, why.as_str().into()).await;
             }
-            Err(SessionError::Broker(_)) => {}
         }
         result
     }

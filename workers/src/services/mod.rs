@@ -12,6 +12,7 @@ use eventline_events::Service;
 use tokio::sync::watch;
 
 use crate::runtime::projection;
+use crate::runtime::shared_connection::SharedConnection;
 use crate::runtime::store::EventStore;
 use crate::runtime::worker::CommandWorker;
 use crate::runtime::{AggregateHandler, Config, Shutdown};
@@ -54,12 +55,15 @@ pub async fn run(service: Service, mut config: Config, store: EventStore, shutdo
                 shutdown.clone(),
                 watch::Sender::new(0),
             ));
+            let connection = consumers(&config, service);
             tasks.spawn(
                 CommandWorker::new(config.clone(), store.clone(), catalog::CatalogQueries)
+                    .sharing(connection.clone())
                     .run(shutdown.clone()),
             );
             let handler = AggregateHandler::<catalog::Product>::default();
-            tasks.spawn(CommandWorker::new(config, store, handler).run(shutdown));
+            let worker = CommandWorker::new(config, store, handler).sharing(connection);
+            tasks.spawn(worker.run(shutdown));
         }
         Service::Orders => {
             tasks.spawn(projection::run(
@@ -69,12 +73,15 @@ pub async fn run(service: Service, mut config: Config, store: EventStore, shutdo
                 shutdown.clone(),
                 watch::Sender::new(0),
             ));
+            let connection = consumers(&config, service);
             tasks.spawn(
                 CommandWorker::new(config.clone(), store.clone(), orders::OrdersQueries)
+                    .sharing(connection.clone())
                     .run(shutdown.clone()),
             );
             let handler = orders::OrdersHandler::default();
-            tasks.spawn(CommandWorker::new(config, store, handler).run(shutdown));
+            let worker = CommandWorker::new(config, store, handler).sharing(connection);
+            tasks.spawn(worker.run(shutdown));
         }
         Service::Payments => {
             let provider = payments::provider::SimulatedProvider::new(config.payments.clone());
@@ -83,6 +90,15 @@ pub async fn run(service: Service, mut config: Config, store: EventStore, shutdo
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// The one broker connection a process's command and query workers consume on (each on
+/// channels of its own): a consuming connection costs 8 MiB of lapin's buffers.
+fn consumers(config: &Config, service: Service) -> std::sync::Arc<SharedConnection> {
+    SharedConnection::new(
+        config.amqp_url.clone(),
+        format!("{service} workers {}", config.replica),
+    )
 }
 
 #[cfg(test)]
