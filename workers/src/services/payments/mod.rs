@@ -12,6 +12,14 @@
 //!    answer, append the outcome, reply. A crash anywhere before its commit only repeats
 //!    steps that are idempotent.
 //!
+//! The statements of step 1 commit asynchronously (`synchronous_commit` off for that one
+//! statement, set in it): on this machine a WAL flush is 3.5 ms, and an order's charge waited
+//! for two of them before its own transaction's. That loses nothing that matters. PostgreSQL
+//! writes its log in order, so step 2's synchronous commit, which alone precedes the reply
+//! and the ack, flushes these rows with it; a crash before then loses at most the last of
+//! them, which is the same as crashing before they ran: the message is redelivered and step
+//! 1 runs again, and the provider, keyed by the order id, charges nothing twice.
+//!
 //! Cancellation races a slow charge: the refund marks the attempt `refund_requested` and
 //! releases at the provider; the charge reads that flag in the same statement that records
 //! its answer and releases what it authorized. Both write the one row, so whichever writes
@@ -117,7 +125,8 @@ impl<P: PaymentProvider> PaymentsHandler<P> {
         let order = c.order_id.as_uuid();
         // The intent, alone (autocommit). A redelivery finds it, with the answer if there is one.
         let row: AttemptRow = sqlx::query_as(
-            "INSERT INTO payment_attempts (order_id, amount) VALUES ($1, $2) \
+            "INSERT INTO payment_attempts (order_id, amount) \
+             SELECT $1, $2 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
              ON CONFLICT (order_id) DO UPDATE SET amount = coalesce(payment_attempts.amount, EXCLUDED.amount) \
              RETURNING reference, declined, refund_requested",
         )
@@ -154,6 +163,7 @@ impl<P: PaymentProvider> PaymentsHandler<P> {
         // The answer, alone; in the same statement, whether a refund was asked for meanwhile.
         let refund_requested: bool = sqlx::query_scalar(
             "UPDATE payment_attempts SET reference = $2, declined = $3, answered_at = now() \
+             FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
              WHERE order_id = $1 RETURNING refund_requested",
         )
         .bind(order)
@@ -176,7 +186,8 @@ impl<P: PaymentProvider> PaymentsHandler<P> {
         r: &RefundPayment,
     ) -> Result<(), HandlerError> {
         sqlx::query(
-            "INSERT INTO payment_attempts (order_id, refund_requested) VALUES ($1, true) \
+            "INSERT INTO payment_attempts (order_id, refund_requested) \
+             SELECT $1, true FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
              ON CONFLICT (order_id) DO UPDATE SET refund_requested = true",
         )
         .bind(r.order_id.as_uuid())
