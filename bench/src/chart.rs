@@ -1,14 +1,14 @@
 //! `latency.svg`: latency (p50, p95, p99; log scale) against achieved throughput: a line
 //! through the open-loop points, saturation (closed loop, so a different regime: its clients
 //! wait for each reply) as separate marks, the other replica counts' saturation p99 as marks
-//! too, and the targets as dashed lines.
+//! too, and the targets as dashed lines: p99 at 70% load, and the throughput E/E* asks for.
 //!
 //! Hand-written SVG: a few dozen elements do not justify a plotting crate, and the file opens
 //! in any browser.
 
 use std::fmt::Write as _;
 
-use crate::report::{EndToEnd, PointReport};
+use crate::report::{E_RATIO_GOAL, EndToEnd, PointReport};
 
 const WIDTH: f64 = 820.0;
 const HEIGHT: f64 = 500.0;
@@ -17,9 +17,8 @@ const RIGHT: f64 = 150.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 
-/// The target lines: p99 at 70% load, and end-to-end throughput.
+/// The p99 target line (at 70% load).
 const TARGET_P99_MS: f64 = 20.0;
-const TARGET_CMD_PER_S: f64 = 5000.0;
 
 /// Reads one latency percentile of a point.
 type Percentile = fn(&PointReport) -> f64;
@@ -42,7 +41,8 @@ impl Axes {
     }
 }
 
-pub fn svg(e2e: &EndToEnd, title: &str) -> String {
+/// `throughput_goal`: the saturation the run's own ceiling asks for (E/E* goal × E*).
+pub fn svg(e2e: &EndToEnd, throughput_goal: f64, title: &str) -> String {
     let mut curve: Vec<&PointReport> = e2e.offered.iter().collect();
     curve.sort_by(|a, b| a.load.achieved_per_s.total_cmp(&b.load.achieved_per_s));
     let others: Vec<&PointReport> = e2e.scaling.iter().collect();
@@ -50,7 +50,7 @@ pub fn svg(e2e: &EndToEnd, title: &str) -> String {
 
     let x_max = all()
         .map(|p| p.load.achieved_per_s)
-        .fold(TARGET_CMD_PER_S, f64::max)
+        .fold(throughput_goal, f64::max)
         * 1.1;
     let lowest = all()
         .map(|p| p.load.latency.p50_ms)
@@ -71,7 +71,7 @@ pub fn svg(e2e: &EndToEnd, title: &str) -> String {
 
     let mut s = String::new();
     // Writing to a String cannot fail.
-    let _ = write_svg(&mut s, &axes, &curve, &others, title);
+    let _ = write_svg(&mut s, &axes, &curve, &others, throughput_goal, title);
     s
 }
 
@@ -80,6 +80,7 @@ fn write_svg(
     axes: &Axes,
     curve: &[&PointReport],
     others: &[&PointReport],
+    throughput_goal: f64,
     title: &str,
 ) -> std::fmt::Result {
     writeln!(
@@ -138,7 +139,7 @@ fn write_svg(
     )?;
     // Targets.
     let ty = axes.y(TARGET_P99_MS);
-    let tx = axes.x(TARGET_CMD_PER_S);
+    let tx = axes.x(throughput_goal);
     writeln!(
         s,
         r##"<line x1="{x0}" y1="{ty:.1}" x2="{x1}" y2="{ty:.1}" stroke="#c33" stroke-dasharray="5,4"/><text x="{:.1}" y="{:.1}" fill="#c33">p99 target 20 ms</text>"##,
@@ -147,7 +148,7 @@ fn write_svg(
     )?;
     writeln!(
         s,
-        r##"<line x1="{tx:.1}" y1="{y0}" x2="{tx:.1}" y2="{y1}" stroke="#c33" stroke-dasharray="5,4"/><text x="{tx:.1}" y="{:.1}" fill="#c33" text-anchor="middle">5000 cmd/s target</text>"##,
+        r##"<line x1="{tx:.1}" y1="{y0}" x2="{tx:.1}" y2="{y1}" stroke="#c33" stroke-dasharray="5,4"/><text x="{tx:.1}" y="{:.1}" fill="#c33" text-anchor="middle">{throughput_goal:.0} cmd/s target ({E_RATIO_GOAL} E*)</text>"##,
         y1 - 4.0
     )?;
     // One line per percentile over the base curve.

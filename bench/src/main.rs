@@ -147,8 +147,12 @@ async fn main() -> anyhow::Result<()> {
             .as_deref()
             .map_or("?", |c| &c[..c.len().min(10)])
     );
-    std::fs::write(&svg, chart::svg(&report.end_to_end, &title))
-        .with_context(|| format!("writing {}", svg.display()))?;
+    let throughput_goal = report::E_RATIO_GOAL * report.ceiling.e_star;
+    std::fs::write(
+        &svg,
+        chart::svg(&report.end_to_end, throughput_goal, &title),
+    )
+    .with_context(|| format!("writing {}", svg.display()))?;
     println!("\nwrote {} and {}", json.display(), svg.display());
     Ok(())
 }

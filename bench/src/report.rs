@@ -15,6 +15,9 @@ use crate::raw_db::DbFigures;
 use crate::system::Fill;
 use crate::usage::Usage;
 
+/// The second performance round's goal for E/E*: what the chart's throughput line shows too.
+pub const E_RATIO_GOAL: f64 = 0.75;
+
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Meta {
     pub bench_version: &'static str,
@@ -147,12 +150,12 @@ impl Report {
             .fold(0.0_f64, f64::max);
         let mut targets = vec![Target {
             name: "E/E*",
-            goal: ">= 0.75".into(),
+            goal: format!(">= {E_RATIO_GOAL}"),
             measured: format!(
                 "{:.2} (best), {:.2} (base)",
                 ceiling.ratio_best, ceiling.ratio
             ),
-            met: ceiling.ratio_best >= 0.75,
+            met: ceiling.ratio_best >= E_RATIO_GOAL,
         }];
         if let Some(p) = offered("70%") {
             targets.push(Target {
