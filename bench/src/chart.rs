@@ -41,8 +41,9 @@ impl Axes {
     }
 }
 
-/// `throughput_goal`: the saturation the run's own ceiling asks for (E/E* goal × E*).
-pub fn svg(e2e: &EndToEnd, throughput_goal: f64, title: &str) -> String {
+/// `e_star`: the run's own ceiling; the throughput target line is the E/E* goal times it.
+pub fn svg(e2e: &EndToEnd, e_star: f64, title: &str) -> String {
+    let throughput_goal = E_RATIO_GOAL * e_star;
     let mut curve: Vec<&PointReport> = e2e.offered.iter().collect();
     curve.sort_by(|a, b| a.load.achieved_per_s.total_cmp(&b.load.achieved_per_s));
     let others: Vec<&PointReport> = e2e.scaling.iter().collect();

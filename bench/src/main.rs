@@ -147,10 +147,9 @@ async fn main() -> anyhow::Result<()> {
             .as_deref()
             .map_or("?", |c| &c[..c.len().min(10)])
     );
-    let throughput_goal = report::E_RATIO_GOAL * report.ceiling.e_star;
     std::fs::write(
         &svg,
-        chart::svg(&report.end_to_end, throughput_goal, &title),
+        chart::svg(&report.end_to_end, report.ceiling.e_star, &title),
     )
     .with_context(|| format!("writing {}", svg.display()))?;
     println!("\nwrote {} and {}", json.display(), svg.display());
