@@ -377,10 +377,14 @@ pub async fn delete_namespace(connection: &Connection, topology: &Topology) -> V
     let mut failures = Vec::new();
     for queue in topology.all_queues() {
         let result = match connection.create_channel().await {
-            Ok(channel) => channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .map(drop),
+            Ok(channel) => {
+                let deleted = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                    .map(drop);
+                close_channel(&channel, "deleted").await;
+                deleted
+            }
             Err(e) => Err(e),
         };
         if let Err(error) = result {
@@ -390,9 +394,11 @@ pub async fn delete_namespace(connection: &Connection, topology: &Topology) -> V
     for exchange in topology.all_exchanges() {
         let result = match connection.create_channel().await {
             Ok(channel) => {
-                channel
+                let deleted = channel
                     .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await
+                    .await;
+                close_channel(&channel, "deleted").await;
+                deleted
             }
             Err(e) => Err(e),
         };
@@ -401,6 +407,16 @@ pub async fn delete_namespace(connection: &Connection, topology: &Topology) -> V
         }
     }
     failures
+}
+
+/// Closes a channel the caller is done with, if it is still open, rather than leaving it to
+/// its drop. A dropped channel asks lapin to close it in the background; when its connection
+/// is closed right after, that close finds the channel already closing, fails, and lapin logs
+/// the failure as a connection ERROR, which an operator would rightly chase.
+pub async fn close_channel(channel: &Channel, why: &str) {
+    if channel.status().connected() {
+        let _ = channel.close(200, why.into()).await;
+    }
 }
 
 fn text(value: &str) -> AMQPValue {

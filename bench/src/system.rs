@@ -523,6 +523,7 @@ pub async fn delete_topology(url: &SecretUrl, topology: &Topology, extra: &[Stri
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
+        broker::close_channel(&channel, "cleanup").await;
     }
     let _ = connection.close(200, "cleanup".into()).await;
 }

@@ -82,7 +82,9 @@ impl ReplyNodes {
         let connection = broker::connect_publisher(url, "reply probe").await?;
         let sent = async {
             let channel = broker::confirm_channel(&connection).await?;
-            broker::publish_reply(&channel, reply_to, message).await
+            let sent = broker::publish_reply(&channel, reply_to, message).await;
+            broker::close_channel(&channel, "probe done").await;
+            sent
         }
         .await;
         let _ = connection.close(200, "probe done".into()).await;

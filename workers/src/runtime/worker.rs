@@ -374,9 +374,7 @@ impl<H: Handler> CommandWorker<H> {
             Err(SessionError::Broker(_)) => "session ended".to_owned(),
         };
         for channel in [&consume, &session.publisher] {
-            if channel.status().connected() {
-                let _ = channel.close(200, why.as_str().into()).await;
-            }
+            broker::close_channel(channel, &why).await;
         }
         result
     }
