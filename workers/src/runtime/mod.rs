@@ -14,6 +14,7 @@ pub mod aggregate;
 pub mod backoff;
 pub mod broker;
 pub mod config;
+pub mod credential_batch;
 pub mod db_roles;
 pub mod handler;
 pub mod http;

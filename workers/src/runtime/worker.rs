@@ -56,6 +56,7 @@ use super::acks::ChannelAcks;
 use super::backoff;
 use super::broker::{self, BrokerError, DeclaredQueues};
 use super::config::Config;
+use super::credential_batch;
 use super::handler::{Dispatch, Handler, Input};
 use super::metrics;
 use super::presence;
@@ -162,6 +163,9 @@ struct Received<C> {
     /// A saga step whose orders credential verified: only its reply is signed (a reply to
     /// a step refused for a bad credential must not carry this service's word to orders).
     verified_step: bool,
+    /// The credential this message needs, read but not yet checked, and whether it is a
+    /// saga step's: [`CommandWorker::check_credentials`] checks a whole batch's at once.
+    unchecked: Option<(token::Unchecked, bool)>,
     span: Span,
     outcome: Option<Outcome>,
     /// When it was received: the handling latency runs from here to its settlement.
@@ -265,9 +269,10 @@ impl<H: Handler> CommandWorker<H> {
         // The database lanes: a batch is formed only once a lane is free.
         let lane = Arc::new(tokio::sync::Semaphore::new(DB_LANES));
         let mut turn: Option<tokio::sync::OwnedSemaphorePermit> = None;
-        // A batching handler's deliveries, decoded and their credentials checked as they
-        // arrive, waiting for the lane: that work (an Ed25519 check per saga step) is done
-        // while the lane's transaction waits on the database, not inside the lane.
+        // A batching handler's deliveries, decoded and their credentials read as they
+        // arrive, waiting for the lane; their signatures are checked a group at a time as
+        // the groups gather (`gather`), while the lane's transaction waits on the database,
+        // and what is left when the batch forms, in the batch's own task (`process`).
         let mut ready: Vec<Received<H::Command>> = Vec::new();
         let result = loop {
             if H::BATCH && turn.is_some() && in_flight.len() < BATCHES_IN_FLIGHT {
@@ -277,7 +282,7 @@ impl<H: Handler> CommandWorker<H> {
                     match deliveries.next().now_or_never() {
                         Some(Some((queue, Ok(delivery)))) => {
                             match self.take_in_loop(&session, queue, delivery) {
-                                Ok(item) => ready.push(item),
+                                Ok(item) => Self::gather(&mut ready, item),
                                 Err(error) => {
                                     failed = Some(error);
                                     break;
@@ -322,7 +327,7 @@ impl<H: Handler> CommandWorker<H> {
                 next = deliveries.next(), if room => match next {
                     Some((queue, Ok(delivery))) if H::BATCH => {
                         match self.take_in_loop(&session, queue, delivery) {
-                            Ok(item) => ready.push(item),
+                            Ok(item) => Self::gather(&mut ready, item),
                             Err(error) => break Err(error),
                         }
                     }
@@ -394,6 +399,9 @@ impl<H: Handler> CommandWorker<H> {
             items.len(),
         );
         let stages = &session.stages;
+        // What `gather` left unchecked (fewer than a group; all of a non-batching worker's
+        // single delivery), before the inbox claim. Its time counts as batch wait.
+        Self::check_credentials(&mut items);
         let begun = std::time::Instant::now();
         for item in &items {
             stages.record(metrics::Stage::BatchWait, begun - item.received_at, 1);
@@ -476,12 +484,13 @@ impl<H: Handler> CommandWorker<H> {
         if let Some(metadata) = &mut metadata {
             metadata.trace = trace.clone();
         }
-        let mut verified_step = false;
+        let mut unchecked = None;
         let (mut command, outcome) = match message.decode::<H::Command>() {
-            // Checked before the inbox claim: a forged step must not take the real step's id.
+            // Read here, checked before the inbox claim (`check_credentials`): a forged step
+            // must not take the real step's id.
             Ok(decoded) => match self.authorize(&message, &decoded) {
-                Ok(step) => {
-                    verified_step = step;
+                Ok(credential) => {
+                    unchecked = credential;
                     (Some(decoded), None)
                 }
                 Err(e) => (
@@ -511,36 +520,84 @@ impl<H: Handler> CommandWorker<H> {
             metadata,
             command,
             principal,
-            verified_step,
+            verified_step: false,
+            unchecked,
             span,
             outcome,
             received_at: std::time::Instant::now(),
         }
     }
 
-    /// Checks the service credential of a message only one service may send: a saga step
-    /// (orders' signature) or a reply to one (its callee's). One signature check at most;
-    /// every other message passes untouched (its token, if it needs one, is `decide`'s).
-    /// `Ok(true)` for a saga step whose credential verified.
+    /// Reads the service credential of a message only one service may send: a saga step
+    /// (orders' signature, `true` beside it) or a reply to one (its callee's). Refuses at
+    /// once a message that has none; the signature itself is checked with its batch's
+    /// ([`Self::check_credentials`]). Every other message passes untouched (its token, if it
+    /// needs one, is `decide`'s).
     fn authorize(
         &self,
         message: &IncomingMessage,
         (metadata, command): &(Metadata, H::Command),
-    ) -> Result<bool, token::CredentialError> {
+    ) -> Result<Option<(token::Unchecked, bool)>, token::CredentialError> {
         let keys = &self.config.saga;
         if self.handler.only_from_saga(command) {
-            token::check_service_credential(message, keys.orders.verifying.as_ref())?;
-            return Ok(true);
+            let credential = token::service_credential_of(message, keys.orders.verifying.as_ref())?;
+            return Ok(Some((credential, true)));
         }
         if let Some(callee) = self.handler.answered_by(command, metadata) {
-            token::check_reply_credential(
+            let credential = token::reply_credential_of(
                 message,
                 &metadata.causation_id.to_string(),
                 callee,
                 keys.of(callee).and_then(|k| k.verifying.as_ref()),
             )?;
+            return Ok(Some((credential, false)));
         }
-        Ok(false)
+        Ok(None)
+    }
+
+    /// Adds a received delivery to those waiting for the lane, and checks the credentials
+    /// among them once a group's worth ([`credential_batch::GROUP`]) is unchecked: the group
+    /// size that costs least per signature, checked outside the database lane.
+    fn gather(ready: &mut Vec<Received<H::Command>>, item: Received<H::Command>) {
+        let needs_check = item.unchecked.is_some();
+        ready.push(item);
+        if needs_check
+            && ready.iter().filter(|r| r.unchecked.is_some()).count() >= credential_batch::GROUP
+        {
+            Self::check_credentials(ready);
+        }
+    }
+
+    /// Checks the credentials the batch's messages carry, all at once, before any of them
+    /// reaches the inbox: a message whose signature fails loses its command and is refused
+    /// (`forbidden`, dead-lettered with the reason), exactly as if checked alone.
+    fn check_credentials(items: &mut [Received<H::Command>]) {
+        let pending: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].unchecked.is_some())
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let verdicts = credential_batch::check_all(
+            &pending
+                .iter()
+                .filter_map(|&i| items[i].unchecked.as_ref().map(|(c, _)| c))
+                .collect::<Vec<_>>(),
+        );
+        for (i, verdict) in pending.into_iter().zip(verdicts) {
+            let item = &mut items[i];
+            let step = item.unchecked.take().is_some_and(|(_, step)| step);
+            match verdict {
+                Ok(()) => item.verified_step = step,
+                Err(e) => {
+                    item.command = None;
+                    item.outcome = Some(Outcome::Failed(Failure::Forbidden {
+                        code: e.code(),
+                        reason: e.to_string(),
+                    }));
+                }
+            }
+        }
     }
 
     /// The sender's identity, from the token header, checked with the public key.
