@@ -17,9 +17,9 @@ use super::token::{CredentialError, Unchecked};
 
 /// The largest group checked as one. Measured on the 2-core bench machine (2026-12-03, the
 /// `credential_cost` example):
-/// one check alone 54 µs; in a group of 2 44 µs a signature, of 4 32, of 8 and 16 25, of
-/// 32 and 64 31 (dalek changes its multiscalar algorithm there). So a batch is checked in
-/// even groups of at most 16.
+/// one check alone 45–54 µs; in a group of 2 42–44 µs a signature, of 4 29–32, of 8 and 16
+/// 25–26, of 32 and 64 23–31 (two runs). Past 16 there is nothing to gain, and the swing is
+/// wider, so a batch is checked in even groups of at most 16.
 const GROUP_UP_TO: usize = 16;
 
 /// How many unchecked credentials a worker gathers before it checks them: the smallest
