@@ -164,7 +164,8 @@ struct Received<C> {
     /// a step refused for a bad credential must not carry this service's word to orders).
     verified_step: bool,
     /// The credential this message needs, read but not yet checked, and whether it is a
-    /// saga step's: [`CommandWorker::check_credentials`] checks a whole batch's at once.
+    /// saga step's: checked a group at a time ([`CommandWorker::gather`], then
+    /// [`CommandWorker::check_credentials`]).
     unchecked: Option<(token::Unchecked, bool)>,
     span: Span,
     outcome: Option<Outcome>,
@@ -493,13 +494,7 @@ impl<H: Handler> CommandWorker<H> {
                     unchecked = credential;
                     (Some(decoded), None)
                 }
-                Err(e) => (
-                    None,
-                    Some(Outcome::Failed(Failure::Forbidden {
-                        code: e.code(),
-                        reason: e.to_string(),
-                    })),
-                ),
+                Err(e) => (None, Some(forbidden(&e))),
             },
             Err(error) => (
                 None,
@@ -572,29 +567,21 @@ impl<H: Handler> CommandWorker<H> {
     /// reaches the inbox: a message whose signature fails loses its command and is refused
     /// (`forbidden`, dead-lettered with the reason), exactly as if checked alone.
     fn check_credentials(items: &mut [Received<H::Command>]) {
-        let pending: Vec<usize> = (0..items.len())
-            .filter(|&i| items[i].unchecked.is_some())
-            .collect();
+        let (pending, credentials): (Vec<_>, Vec<_>) = items
+            .iter_mut()
+            .filter_map(|item| item.unchecked.take().map(|c| (item, c)))
+            .unzip();
         if pending.is_empty() {
             return;
         }
-        let verdicts = credential_batch::check_all(
-            &pending
-                .iter()
-                .filter_map(|&i| items[i].unchecked.as_ref().map(|(c, _)| c))
-                .collect::<Vec<_>>(),
-        );
-        for (i, verdict) in pending.into_iter().zip(verdicts) {
-            let item = &mut items[i];
-            let step = item.unchecked.take().is_some_and(|(_, step)| step);
+        let verdicts =
+            credential_batch::check_all(&credentials.iter().map(|(c, _)| c).collect::<Vec<_>>());
+        for ((item, (_, step)), verdict) in pending.into_iter().zip(credentials).zip(verdicts) {
             match verdict {
                 Ok(()) => item.verified_step = step,
                 Err(e) => {
                     item.command = None;
-                    item.outcome = Some(Outcome::Failed(Failure::Forbidden {
-                        code: e.code(),
-                        reason: e.to_string(),
-                    }));
+                    item.outcome = Some(forbidden(&e));
                 }
             }
         }
@@ -611,4 +598,12 @@ impl<H: Handler> CommandWorker<H> {
         let tokens = self.tokens.as_ref().ok_or(TokenError::NoKey)?;
         tokens.verify(token, time::OffsetDateTime::now_utc().unix_timestamp())
     }
+}
+
+/// The refusal of a message whose service credential is missing or does not verify.
+fn forbidden(error: &token::CredentialError) -> Outcome {
+    Outcome::Failed(Failure::Forbidden {
+        code: error.code(),
+        reason: error.to_string(),
+    })
 }
