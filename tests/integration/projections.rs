@@ -289,3 +289,101 @@ async fn the_products_read_model_equals_the_fold_after_killed_replicas_and_kille
     );
     system.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_of_every_catalog_event_projects_as_one_event_at_a_time_would() {
+    use eventline_events::catalog::{
+        AddProduct, CatalogCommand, ChangePrice, CommitReservation, ReleaseReservation,
+        ReserveStock, Restock,
+    };
+    use eventline_events::values::{Money, ProductName, Quantity, StockLevel};
+    use eventline_events::{Contract, Metadata, OutgoingMessage};
+
+    let mut system = TestSystem::start().await;
+    system.start_catalog_worker("setup");
+    system.add_product("tea", 10).await;
+    system.wait_for_projection().await;
+    system.stop_workers().await;
+    // Queued while no worker runs, so one worker takes them together: their events commit
+    // close together and the projector meets several events of one product in a batch
+    // (the set-based `apply_all`); the fold `verify` makes applies them one at a time.
+    let product = crate::support::product;
+    let (a, c) = (OrderId::new(), OrderId::new());
+    let admin: Vec<CatalogCommand> = vec![
+        ChangePrice {
+            product_id: product("tea"),
+            price: Money::parse(300).unwrap(),
+        }
+        .into(),
+        Restock {
+            product_id: product("tea"),
+            quantity: Quantity::parse(3).unwrap(),
+        }
+        .into(),
+        AddProduct {
+            product_id: product("milk"),
+            name: ProductName::parse("Milk".to_owned()).unwrap(),
+            price: Money::parse(90).unwrap(),
+            initial_stock: StockLevel::parse(4).unwrap(),
+        }
+        .into(),
+    ];
+    let reserve = |id: &str, order: OrderId, n: u32| -> CatalogCommand {
+        ReserveStock {
+            product_id: product(id),
+            order_id: order,
+            quantity: Quantity::parse(n).unwrap(),
+        }
+        .into()
+    };
+    let steps: Vec<CatalogCommand> = vec![
+        reserve("tea", a, 2),
+        reserve("tea", c, 1),
+        reserve("milk", a, 1),
+        ReleaseReservation {
+            product_id: product("tea"),
+            order_id: a,
+        }
+        .into(),
+        CommitReservation {
+            product_id: product("tea"),
+            order_id: c,
+        }
+        .into(),
+    ];
+    let saga = system.saga_client().await;
+    let message = |command: &CatalogCommand| {
+        OutgoingMessage::new(Metadata::origin(command.message_type()), command)
+    };
+    for command in &admin {
+        system.client.publish(&message(command)).await.unwrap();
+    }
+    for command in &steps {
+        saga.publish(&message(command)).await.unwrap();
+    }
+    let events_before = system.count("SELECT count(*) FROM event_log").await;
+    // A process of its own: the in-process tasks' shutdown has been triggered.
+    system
+        .processes()
+        .spawn("catalog-1", &["worker", "catalog"])
+        .unwrap();
+    system
+        .wait_for_count(
+            "every command's events",
+            "SELECT count(*) FROM event_log",
+            events_before + (admin.len() + steps.len()) as i64,
+        )
+        .await;
+    system.wait_for_projection().await;
+    assert_eq!(system.stock("tea").await, (12, 0, 1), "10 + 3 - 2 - 1 + 2");
+    assert_eq!(system.stock("milk").await, (3, 1, 0));
+    let price: i64 =
+        sqlx::query_scalar("SELECT price FROM catalog_products WHERE product_id = 'tea'")
+            .fetch_one(system.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(price, 300);
+    let (products, _) = drift(&system).await;
+    assert!(products.is_exact(), "{products}");
+    system.stop().await;
+}
