@@ -211,21 +211,18 @@ impl Moved {
     /// The row of `product`, added if the batch had not touched it; its version becomes
     /// `version` (a stream's versions rise through the log, so the last one is the highest).
     fn row(&mut self, product: &str, version: i64) -> usize {
-        let row = match self.rows.get(product) {
-            Some(&row) => row,
-            None => {
-                let row = self.product.len();
-                self.rows.insert(product.to_owned(), row);
-                self.product.push(product.to_owned());
-                self.available.push(0);
-                self.reserved.push(0);
-                self.sold.push(0);
-                self.price.push(None);
-                self.version.push(version);
-                row
-            }
-        };
-        self.version[row] = version;
+        if let Some(&row) = self.rows.get(product) {
+            self.version[row] = version;
+            return row;
+        }
+        let row = self.product.len();
+        self.rows.insert(product.to_owned(), row);
+        self.product.push(product.to_owned());
+        self.available.push(0);
+        self.reserved.push(0);
+        self.sold.push(0);
+        self.price.push(None);
+        self.version.push(version);
         row
     }
 }
