@@ -18,6 +18,7 @@ mod load;
 mod options;
 mod procstat;
 mod progress;
+mod quiet;
 mod raw_broker;
 mod raw_db;
 mod report;
@@ -192,6 +193,14 @@ async fn measure(
         system.seed("s", plan.products, progress),
     )
     .await?;
+    progress.phase("waiting for the machine to go quiet");
+    let quiet = quiet::wait(QUIET_CORES, QUIET_DEADLINE).await;
+    progress.note(format!(
+        "quiet: {:.2} cores busy after {:.1} s{}",
+        quiet.busy_cores,
+        quiet.waited_s,
+        if quiet.reached { "" } else { " (deadline)" }
+    ));
     let saturation = point(plan, system, progress, "saturation", &workload, None).await?;
 
     // The cost of metrics and tracing: the same saturation point with both off and on,
@@ -398,6 +407,7 @@ async fn measure(
         command: "catalog.reserve_stock",
         clients: plan.clients,
         connections: plan.connections,
+        quiet,
         saturation,
         observability,
         offered,
@@ -504,6 +514,12 @@ async fn point(
     );
     Ok(report)
 }
+
+/// The first point waits until the machine's busy cores fall below this (the workers, relay
+/// and projectors idle spend a few hundredths of a core) ...
+const QUIET_CORES: f64 = 0.25;
+/// ... or until this much time has passed, whichever comes first.
+const QUIET_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The fraction of saturation at which the stages are also measured (with metrics on).
 const STAGES_FRACTION: f64 = 0.7;

@@ -70,6 +70,8 @@ pub struct EndToEnd {
     pub clients: usize,
     /// The AMQP connections the clients shared.
     pub connections: usize,
+    /// How the wait for a quiet machine before the first point ended.
+    pub quiet: crate::quiet::Quiet,
     pub saturation: PointReport,
     /// The saturation point again, with metrics and tracing off and then on.
     pub observability: Observability,
@@ -319,6 +321,17 @@ impl Report {
             out,
             "\nEND TO END  {} (quantity 1, fresh order), {} clients on {} connections, published -> committed -> replied; latency from (scheduled) publish to reply",
             e.command, e.clients, e.connections
+        )?;
+        writeln!(
+            out,
+            "  first point after {:.1} s waiting for a quiet machine: {:.2} cores busy{}",
+            e.quiet.waited_s,
+            e.quiet.busy_cores,
+            if e.quiet.reached {
+                ""
+            } else {
+                " (the deadline passed first)"
+            }
         )?;
         writeln!(
             out,

@@ -387,3 +387,150 @@ async fn a_batch_of_every_catalog_event_projects_as_one_event_at_a_time_would() 
     assert!(products.is_exact(), "{products}");
     system.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_of_every_order_event_projects_as_one_event_at_a_time_would() {
+    use eventline_events::Contract;
+    use eventline_events::auth::UserId;
+    use eventline_events::ids::{CausationId, CorrelationId, MessageId};
+    use eventline_events::orders::{
+        LineReserved, OrderCancelled, OrderConfirmed, OrderLine, OrderLines, OrderPlaced,
+        OrderRejected, OrdersEvent, PaymentRequested, RefundRequested, order_stream,
+    };
+    use eventline_events::values::{Money, Quantity};
+    use eventline_workers::runtime::shutdown::Shutdown;
+    use eventline_workers::runtime::store::EventMetadata;
+
+    let system = TestSystem::start().await;
+    let message = MessageId::new();
+    let metadata = serde_json::to_value(EventMetadata {
+        correlation_id: CorrelationId::from(message),
+        causation_id: CausationId::from(message),
+        recorded_by: "test".into(),
+        trace: None,
+    })
+    .unwrap();
+    // Written straight to the log, as the orders worker would record them, so that the
+    // projector meets them all in one batch (the set-based `apply_all`); the fold `verify`
+    // makes applies them one at a time.
+    let append = |order: OrderId, version: i64, event: OrdersEvent| {
+        let metadata = metadata.clone();
+        let store = system.store.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO event_log (stream_id, stream_version, event_id, event_type, schema_version, data, metadata) \
+                 VALUES ($1, $2, gen_random_uuid(), $3, 1, $4, $5)",
+            )
+            .bind(order_stream(order).as_str())
+            .bind(version)
+            .bind(event.message_type())
+            .bind(event.to_json())
+            .bind(metadata)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+    };
+    let lines = || {
+        OrderLines::parse(vec![OrderLine {
+            product_id: crate::support::product("tea"),
+            quantity: Quantity::parse(1).unwrap(),
+        }])
+        .unwrap()
+    };
+    let placed = |order_id: OrderId| {
+        OrdersEvent::from(OrderPlaced {
+            order_id,
+            customer_id: UserId::new(),
+            lines: lines(),
+        })
+    };
+    let reserved = |order_id: OrderId| {
+        OrdersEvent::from(LineReserved {
+            order_id,
+            product_id: crate::support::product("tea"),
+            quantity: Quantity::parse(1).unwrap(),
+            unit_price: Money::parse(500).unwrap(),
+        })
+    };
+    let payment = |order_id: OrderId, amount: u64| {
+        OrdersEvent::from(PaymentRequested {
+            order_id,
+            amount: Money::parse(amount).unwrap(),
+        })
+    };
+    let [w, x, y, z] = [(); 4].map(|()| OrderId::new());
+    // W is placed in an earlier batch (the rebuild's) and moved in this one.
+    append(w, 1, placed(w)).await;
+    projection::rebuild(&OrdersProjection, &system.store)
+        .await
+        .expect("project W's placement");
+    append(x, 1, placed(x)).await;
+    append(y, 1, placed(y)).await;
+    append(w, 2, reserved(w)).await;
+    append(x, 2, reserved(x)).await;
+    let rejected = OrderRejected {
+        order_id: y,
+        code: "out_of_stock".into(),
+        reason: "tea: 0 available".into(),
+    };
+    append(y, 2, rejected.into()).await;
+    append(w, 3, payment(w, 700)).await;
+    append(x, 3, payment(x, 500)).await;
+    append(z, 1, placed(z)).await;
+    let confirmed = OrderConfirmed {
+        order_id: w,
+        total: Money::parse(700).unwrap(),
+    };
+    append(w, 4, confirmed.into()).await;
+    let cancelled = OrderCancelled {
+        order_id: x,
+        code: "payment_declined".into(),
+        reason: "the card was declined".into(),
+    };
+    append(x, 4, cancelled.into()).await;
+    append(x, 5, RefundRequested { order_id: x }.into()).await;
+
+    let shutdown = Shutdown::new();
+    let projector = tokio::spawn(projection::run(
+        OrdersProjection,
+        system.store.clone(),
+        system.namespace.clone(),
+        shutdown.clone(),
+        tokio::sync::watch::channel(0).0,
+    ));
+    system.wait_for_checkpoint("projection.orders_view").await;
+    let row = |order: OrderId| {
+        let store = system.store.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>, Option<i64>, i64)>(
+                "SELECT status, code, total, stream_version FROM orders_view WHERE order_id = $1",
+            )
+            .bind(order.as_uuid())
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(row(w).await, ("confirmed".into(), None, Some(700), 4));
+    assert_eq!(
+        row(x).await,
+        (
+            "cancelled".into(),
+            Some("payment_declined".into()),
+            Some(500),
+            4
+        ),
+        "the total from the payment request, the code from the cancellation; the refund request moves nothing"
+    );
+    assert_eq!(
+        row(y).await,
+        ("rejected".into(), Some("out_of_stock".into()), None, 2)
+    );
+    assert_eq!(row(z).await, ("placed".into(), None, None, 1));
+    let (_, orders) = drift(&system).await;
+    assert!(orders.is_exact(), "{orders}");
+    shutdown.trigger();
+    projector.await.unwrap();
+    system.stop().await;
+}
