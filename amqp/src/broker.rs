@@ -46,6 +46,11 @@ pub enum BrokerError {
         source: lapin::Error,
     },
     #[error(
+        "could not reach RabbitMQ at {url}: no connection within {after:?}. Is it running \
+         (`rabbitmq-server -detached`)? Set AMQP_URL to point elsewhere."
+    )]
+    ConnectTimedOut { url: String, after: Duration },
+    #[error(
         "RabbitMQ refused to store a message published to exchange {exchange:?} with routing key {routing_key:?} (negative confirm); is a disk or memory alarm on?"
     )]
     Nacked {
@@ -91,20 +96,38 @@ async fn connect_with(
 ) -> Result<Connection, BrokerError> {
     let properties =
         ConnectionProperties::default().with_connection_name(format!("eventline {role}").into());
-    let connected = match (frame_max, url.expose().parse::<AMQPUri>()) {
-        (Some(frame_max), Ok(mut uri)) => {
-            // A frame size the URL names (`?frame_max=`) is the operator's and stays.
-            uri.query.frame_max.get_or_insert(frame_max);
-            Connection::connect_uri(uri, properties).await
+    let connecting = async {
+        match (frame_max, url.expose().parse::<AMQPUri>()) {
+            (Some(frame_max), Ok(mut uri)) => {
+                // A frame size the URL names (`?frame_max=`) is the operator's and stays.
+                uri.query.frame_max.get_or_insert(frame_max);
+                Connection::connect_uri(uri, properties).await
+            }
+            // Unparsable: lapin's own connect reports it as it reports any bad URL.
+            _ => Connection::connect(url.expose(), properties).await,
         }
-        // Unparsable: lapin's own connect reports it as it reports any bad URL.
-        _ => Connection::connect(url.expose(), properties).await,
     };
-    connected.map_err(|source| BrokerError::Connect {
-        url: url.to_string(),
-        source,
-    })
+    // lapin 4 can lose a refused connection's error: its IO thread fails the connect and
+    // clears the waiting handshake steps while the caller is still queueing the protocol
+    // header, and a header queued after that clearing is never answered. Seen in CI as a
+    // `send` to a closed port that never returned. The deadline turns that into the same
+    // named error a refusal gives.
+    match tokio::time::timeout(CONNECT_DEADLINE, connecting).await {
+        Ok(connected) => connected.map_err(|source| BrokerError::Connect {
+            url: url.to_string(),
+            source,
+        }),
+        Err(_) => Err(BrokerError::ConnectTimedOut {
+            url: url.to_string(),
+            after: CONNECT_DEADLINE,
+        }),
+    }
 }
+
+/// How long opening a connection may take, handshake included, before it is reported as
+/// unreachable. A live broker on this kind of machine answers in milliseconds even at
+/// saturation; the callers that must outlast a broker restart retry on their own.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A channel in confirm mode: every publish waits for the broker's confirm, so a message the
 /// caller considers sent has been written by the broker.
@@ -914,6 +937,34 @@ mod tests {
 
     fn header(properties: &BasicProperties, name: &str) -> Option<HeaderValue> {
         incoming(properties, Vec::new()).headers.get(name).cloned()
+    }
+
+    /// A peer that accepts the TCP connection and never speaks AMQP (a hung broker, a wrong
+    /// port) must give the named, redacted error within the deadline, not a connect that
+    /// never returns.
+    #[tokio::test]
+    async fn a_broker_that_never_answers_is_reported_unreachable_within_the_deadline() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let url = SecretUrl::new(format!("amqp://guest:hunter2@127.0.0.1:{port}/%2f"));
+        let outcome = tokio::time::timeout(CONNECT_DEADLINE * 3, connect(&url, "test")).await;
+        let error = outcome
+            .expect("connect must end by its own deadline")
+            .expect_err("nothing answered, so nothing connected");
+        assert!(
+            matches!(error, BrokerError::ConnectTimedOut { .. }),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("guest:***@127.0.0.1:{port}")),
+            "{message}"
+        );
+        assert!(
+            !message.contains("hunter2"),
+            "the password leaked: {message}"
+        );
+        drop(silent);
     }
 
     #[test]

@@ -1,18 +1,34 @@
 //! Errors people see say what failed, where, and what to do — and never show a password.
 
-use std::process::Command;
+use std::process::Output;
+use std::time::Duration;
 
-#[test]
-fn an_unreachable_broker_is_named_with_its_password_redacted() {
-    let output = Command::new(env!("CARGO_BIN_EXE_eventline"))
-        .args([
-            "send",
-            "catalog.restock",
-            r#"{"product_id":"tea","quantity":1}"#,
-        ])
-        .env("AMQP_URL", "amqp://guest:hunter2-secret@127.0.0.1:1/%2f")
-        .output()
-        .unwrap();
+use tokio::process::Command;
+
+/// Runs the CLI to its end, or fails the test if it does not end: a CLI that hangs on an
+/// unreachable service is the defect these tests exist to catch (one hung CI once), so it
+/// must fail here, not stall the suite. The deadline is far above the CLI's own connect
+/// deadline; the child is killed when the future is dropped.
+async fn finished(command: &mut Command) -> Output {
+    const DEADLINE: Duration = Duration::from_secs(60);
+    tokio::time::timeout(DEADLINE, command.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("`eventline` did not exit within {DEADLINE:?}"))
+        .expect("eventline runs")
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_named_with_its_password_redacted() {
+    let output = finished(
+        Command::new(env!("CARGO_BIN_EXE_eventline"))
+            .args([
+                "send",
+                "catalog.restock",
+                r#"{"product_id":"tea","quantity":1}"#,
+            ])
+            .env("AMQP_URL", "amqp://guest:hunter2-secret@127.0.0.1:1/%2f"),
+    )
+    .await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -26,16 +42,17 @@ fn an_unreachable_broker_is_named_with_its_password_redacted() {
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
 }
 
-#[test]
-fn an_unreachable_database_is_named_with_its_password_redacted() {
-    let output = Command::new(env!("CARGO_BIN_EXE_eventline"))
-        .args(["migrate"])
-        .env(
-            "DATABASE_URL",
-            "postgres://app:hunter2-secret@127.0.0.1:1/eventline",
-        )
-        .output()
-        .unwrap();
+#[tokio::test]
+async fn an_unreachable_database_is_named_with_its_password_redacted() {
+    let output = finished(
+        Command::new(env!("CARGO_BIN_EXE_eventline"))
+            .args(["migrate"])
+            .env(
+                "DATABASE_URL",
+                "postgres://app:hunter2-secret@127.0.0.1:1/eventline",
+            ),
+    )
+    .await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -46,20 +63,21 @@ fn an_unreachable_database_is_named_with_its_password_redacted() {
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
 }
 
-#[test]
-fn a_command_for_a_service_without_a_queue_is_reported_not_silently_dropped() {
-    let output = Command::new(env!("CARGO_BIN_EXE_eventline"))
-        .args([
-            "send",
-            "catalog.restock",
-            r#"{"product_id":"tea","quantity":1}"#,
-        ])
-        .env(
-            "EVENTLINE_NAMESPACE",
-            format!("nobody-{}", std::process::id()),
-        )
-        .output()
-        .unwrap();
+#[tokio::test]
+async fn a_command_for_a_service_without_a_queue_is_reported_not_silently_dropped() {
+    let output = finished(
+        Command::new(env!("CARGO_BIN_EXE_eventline"))
+            .args([
+                "send",
+                "catalog.restock",
+                r#"{"product_id":"tea","quantity":1}"#,
+            ])
+            .env(
+                "EVENTLINE_NAMESPACE",
+                format!("nobody-{}", std::process::id()),
+            ),
+    )
+    .await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no queue is bound"), "{stderr}");
