@@ -96,11 +96,8 @@ impl StageTotals {
                 if le.is_infinite() {
                     return Some(lower * 1000.0);
                 }
-                let within = if count > below {
-                    (rank - below) / (count - below)
-                } else {
-                    1.0
-                };
+                // `count > below` here: the rank (above 0) passed every earlier bucket.
+                let within = (rank - below) / (count - below);
                 return Some((lower + (le - lower) * within) * 1000.0);
             }
             (lower, below) = (le, count);
